@@ -1,0 +1,1 @@
+"""Subcommands of the ``normopt`` command line (one module each; see ``normopt.cli``)."""

@@ -1,0 +1,347 @@
+"""The polar factor U V^T of a matrix (or a batch of them), exact and approximate.
+
+Every approximate method here has the exact SVD reference beside it
+(``method="svd"``); the tests compare them with a singular-value band written
+down per method and dtype (``tests/linalg/test_polar.py``).
+
+Methods (SPEC A5):
+
+- ``"svd"``: the exact reduced polar factor from a float64 SVD. Singular
+  values below ``max(m, n) * eps64 * s_max`` count as zero, so a rank-deficient
+  input gives a partial isometry (its null directions stay null) and a zero
+  matrix gives zeros.
+- ``"newton_schulz"``: K. Jordan's quintic iteration with the fixed
+  coefficients ``(3.4445, -4.7750, 2.0315)``; it deliberately does not
+  converge, singular values land in about [0.68, 1.2024].
+- ``"polar_express"``: the same quintic form with a different optimal
+  coefficient triple per step (Amsel et al., arXiv 2505.16932).
+- ``"gram_newton_schulz"``: the polar-express iteration run on the small Gram
+  matrix ``R = X X^T`` (Dao-AILab/gram-newton-schulz): every step costs
+  ``O(m^3)`` instead of ``O(m^2 n)`` and the long side is touched only at the
+  start, after the restart and at the end.
+
+Input is never modified; the output has the input's dtype and shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "POLAR_METHODS",
+    "SCHEDULES",
+    "CoefficientSchedule",
+    "get_schedule",
+    "newton_schulz",
+    "gram_newton_schulz",
+    "polar",
+    "polar_svd",
+    "polar_flops",
+]
+
+
+@dataclass(frozen=True)
+class CoefficientSchedule:
+    """Coefficients ``(a, b, c)`` of the odd quintic ``p(x) = a x + b x^3 + c x^5``, per step.
+
+    Step ``i`` uses ``coefficients[i]``; steps past the end repeat the last
+    triple. ``norm_scale`` multiplies the Frobenius norm used to bring all
+    singular values under 1 before the first step (a margin against round-off).
+    """
+
+    name: str
+    coefficients: tuple[tuple[float, float, float], ...]
+    norm_scale: float = 1.0
+    source: str = ""
+
+    def at(self, step: int) -> tuple[float, float, float]:
+        return self.coefficients[min(step, len(self.coefficients) - 1)]
+
+
+def _with_safety(
+    coefficients: list[tuple[float, float, float]], factor: float
+) -> tuple[tuple[float, float, float], ...]:
+    # Polar Express's safety factor: p(x / f) scaled back, i.e. (a/f, b/f^3, c/f^5), on
+    # every step but the last, so round-off that pushes a singular value past the upper
+    # end of an interval cannot be amplified (arXiv 2505.16932, section on finite precision).
+    out = [(a / factor, b / factor**3, c / factor**5) for a, b, c in coefficients[:-1]]
+    return (*out, coefficients[-1])
+
+
+# Polar Express, degree 5, lower bound l = 1e-3: the published per-step triples
+# (arXiv 2505.16932, Algorithm 1 / its code listing; copied into SPEC.md A5).
+_POLAR_EXPRESS_RAW = [
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+]
+
+SCHEDULES: dict[str, CoefficientSchedule] = {
+    # K. Jordan's Muon (github.com/KellerJordan/Muon, "zeropower_via_newtonschulz5").
+    "jordan": CoefficientSchedule(
+        name="jordan",
+        coefficients=((3.4445, -4.7750, 2.0315),),
+        norm_scale=1.0,
+        source="K. Jordan, Muon (2024)",
+    ),
+    # Amsel, Persson, Musco, Gower, "The Polar Express" (arXiv 2505.16932), safety 1.01.
+    "polar_express": CoefficientSchedule(
+        name="polar_express",
+        coefficients=_with_safety(_POLAR_EXPRESS_RAW, 1.01),
+        norm_scale=1.01,
+        source="arXiv 2505.16932",
+    ),
+    # The classical cubic-free quintic Newton-Schulz, p(x) = (15x - 10x^3 + 3x^5) / 8: it
+    # converges (slowly from small singular values) to exactly 1.
+    "classical": CoefficientSchedule(
+        name="classical",
+        coefficients=((1.875, -1.25, 0.375),),
+        norm_scale=1.0,
+        source="Higham, Functions of Matrices (2008), ch. 8",
+    ),
+}
+
+
+def get_schedule(name: str | CoefficientSchedule) -> CoefficientSchedule:
+    """Look up a coefficient schedule by name (or pass one through)."""
+    if isinstance(name, CoefficientSchedule):
+        return name
+    try:
+        return SCHEDULES[name]
+    except KeyError:
+        raise ValueError(
+            f"coefficients: unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}"
+        ) from None
+
+
+POLAR_METHODS = ("svd", "newton_schulz", "polar_express", "gram_newton_schulz")
+
+# Default number of steps per method.
+_DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "gram_newton_schulz": 5}
+_DEFAULT_SCHEDULE = {
+    "newton_schulz": "jordan",
+    "polar_express": "polar_express",
+    "gram_newton_schulz": "polar_express",
+}
+
+
+def _check_matrix(G: object, name: str = "G") -> Tensor:
+    if not isinstance(G, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(G).__name__}")
+    if G.is_complex():
+        raise TypeError(f"{name}: complex tensors are not supported (dtype {G.dtype})")
+    if not G.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {G.dtype}")
+    if G.is_sparse:
+        raise TypeError(f"{name}: sparse tensors are not supported; call .to_dense() first")
+    if G.ndim < 2:
+        raise ValueError(
+            f"{name}: expected a matrix or a batch of matrices (ndim >= 2), got shape {tuple(G.shape)}"
+        )
+    return G
+
+
+def polar_svd(G: Tensor) -> Tensor:
+    """Exact reduced polar factor ``U V^T`` from a float64 SVD (the reference).
+
+    Singular values at or below ``max(m, n) * eps64 * s_max`` (per matrix) are
+    treated as zero, so their singular vectors are dropped.
+    """
+    G = _check_matrix(G)
+    if G.numel() == 0:
+        return torch.zeros_like(G)
+    X = G.to(torch.float64)
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    tol = max(X.shape[-2], X.shape[-1]) * torch.finfo(torch.float64).eps
+    keep = tol * S.amax(dim=-1, keepdim=True) < S
+    out = (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh
+    return out.to(G.dtype)
+
+
+def _compute_dtype(G: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
+    if compute_dtype is not None:
+        return compute_dtype
+    if G.device.type == "cuda":
+        return torch.bfloat16
+    # On the CPU, low-precision matmuls are slow and buy nothing: use at least float32.
+    return G.dtype if G.dtype == torch.float64 else torch.float32
+
+
+def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
+    # Divide by the max entry first so that ||X||_F cannot overflow (1e30 entries in
+    # float32) or underflow (1e-30 entries); a zero matrix stays zero.
+    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
+    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
+    fro = torch.linalg.matrix_norm(X, ord="fro", keepdim=True)
+    return X / (fro * scale + eps)
+
+
+def newton_schulz(
+    G: Tensor,
+    steps: int = 5,
+    coefficients: str | CoefficientSchedule = "jordan",
+    compute_dtype: torch.dtype | None = None,
+    eps: float = 1e-7,
+) -> Tensor:
+    """Quintic Newton-Schulz: ``X <- a X + (b A + c A^2) X``, ``A = X X^T``, per step.
+
+    Wide orientation is used internally (a tall input is transposed), so the
+    Gram matrix ``A`` is the small ``min(m, n)`` square.
+
+    Args:
+        G: a matrix ``(m, n)`` or a batch ``(..., m, n)``.
+        steps: number of quintic steps (>= 1).
+        coefficients: a name from :data:`SCHEDULES` or a schedule.
+        compute_dtype: dtype of the iteration; default bf16 on CUDA, otherwise
+            float32 (float64 stays float64).
+        eps: added to the Frobenius norm before dividing.
+    """
+    G = _check_matrix(G)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    sched = get_schedule(coefficients)
+    if G.numel() == 0:
+        return torch.zeros_like(G)
+    X = G.to(_compute_dtype(G, compute_dtype))
+    transposed = X.shape[-2] > X.shape[-1]
+    if transposed:
+        X = X.mT
+    X = _normalize(X, sched.norm_scale, eps)
+    for i in range(steps):
+        a, b, c = sched.at(i)
+        A = X @ X.mT  # (..., m, m), m <= n
+        B = b * A + c * (A @ A)  # (..., m, m)
+        X = a * X + B @ X  # (..., m, n)
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def gram_newton_schulz(
+    G: Tensor,
+    steps: int = 5,
+    coefficients: str | CoefficientSchedule = "polar_express",
+    compute_dtype: torch.dtype | None = None,
+    restart_after: int | None = 2,
+    eps: float = 1e-7,
+) -> Tensor:
+    """Quintic Newton-Schulz on the Gram matrix, applied to the long side once.
+
+    With ``X_0`` wide (``m <= n``) and ``R_k = X_k X_k^T``, every step of the
+    quintic iteration is ``X_{k+1} = P_k X_k`` with ``P_k = a I + b R_k + c R_k^2``,
+    a polynomial in ``R_k``; so ``X_k = Q_k X_0`` with ``Q_{k+1} = P_k Q_k`` and
+    ``R_{k+1} = P_k R_k P_k``. Only ``m x m`` products are formed until the
+    final ``Q_K X_0``. After ``restart_after`` steps, ``X`` is formed and ``R``
+    recomputed from it, so that round-off accumulated in ``Q`` does not grow
+    (the restart of Dao-AILab/gram-newton-schulz). The Gram matrices are kept
+    in at least float32, whatever ``compute_dtype`` is.
+
+    Mathematically it equals :func:`newton_schulz` with the same schedule.
+    """
+    G = _check_matrix(G)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    if restart_after is not None and (not isinstance(restart_after, int) or restart_after < 1):
+        raise ValueError(f"restart_after: expected None or an integer >= 1, got {restart_after!r}")
+    sched = get_schedule(coefficients)
+    if G.numel() == 0:
+        return torch.zeros_like(G)
+    dtype = _compute_dtype(G, compute_dtype)
+    gram_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    X = G.to(dtype)
+    transposed = X.shape[-2] > X.shape[-1]
+    if transposed:
+        X = X.mT
+    X = _normalize(X, sched.norm_scale, eps)
+    m = X.shape[-2]
+    eye = torch.eye(m, dtype=gram_dtype, device=X.device)
+    R = (X @ X.mT).to(gram_dtype)  # (..., m, m)
+    Q: Tensor | None = None  # None stands for the identity
+    for i in range(steps):
+        a, b, c = sched.at(i)
+        P = a * eye + b * R + c * (R @ R)  # (..., m, m), a polynomial in R: symmetric
+        Q = P if Q is None else P @ Q
+        if restart_after is not None and i + 1 == restart_after and i + 1 < steps:
+            X = Q.to(dtype) @ X  # (..., m, n)
+            R = (X @ X.mT).to(gram_dtype)
+            Q = None
+        elif i + 1 < steps:
+            R = P @ R @ P
+    if Q is not None:
+        X = Q.to(dtype) @ X
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def polar(
+    G: Tensor,
+    method: str = "newton_schulz",
+    steps: int | None = None,
+    *,
+    coefficients: str | CoefficientSchedule | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The polar factor ``U V^T`` of ``G = U diag(s) V^T``, or an approximation of it.
+
+    Args:
+        G: a matrix ``(m, n)`` or a batch ``(..., m, n)``; tall and wide both work.
+        method: one of :data:`POLAR_METHODS`: ``"svd"`` (exact, float64; the
+            reference), ``"newton_schulz"`` (Jordan's quintic, the default),
+            ``"polar_express"``, ``"gram_newton_schulz"``.
+        steps: iteration count for the iterative methods (default 5); must be
+            ``None`` for ``"svd"``.
+        coefficients: override the method's coefficient schedule (a name from
+            :data:`SCHEDULES` or a :class:`CoefficientSchedule`).
+        compute_dtype: dtype of the iteration (default: bf16 on CUDA, else
+            float32, float64 kept).
+
+    Returns:
+        A tensor of ``G``'s shape and dtype. A zero matrix gives zeros.
+
+    Example:
+        >>> import torch, normopt
+        >>> G = torch.randn(4, 6, dtype=torch.float64)
+        >>> O = normopt.linalg.polar(G, method="svd")
+        >>> torch.allclose(O @ O.mT, torch.eye(4, dtype=torch.float64))
+        True
+    """
+    if method not in POLAR_METHODS:
+        raise ValueError(
+            f"method: unknown polar method {method!r}; expected one of {list(POLAR_METHODS)}"
+        )
+    if method == "svd":
+        if steps is not None:
+            raise ValueError("steps: the 'svd' method is exact and takes no step count")
+        return polar_svd(G)
+    n_steps = _DEFAULT_STEPS[method] if steps is None else steps
+    sched = coefficients if coefficients is not None else _DEFAULT_SCHEDULE[method]
+    if method == "gram_newton_schulz":
+        return gram_newton_schulz(G, n_steps, sched, compute_dtype)
+    return newton_schulz(G, n_steps, sched, compute_dtype)
+
+
+def polar_flops(m: int, n: int, steps: int = 5, method: str = "newton_schulz") -> int:
+    """Dense matmul FLOPs of one polar factor of an ``m x n`` matrix (SPEC A5).
+
+    Quintic Newton-Schulz: ``steps * (4 s^2 l + 2 s^3)`` with ``s = min(m, n)``,
+    ``l = max(m, n)``. Gram Newton-Schulz (restart after 2): the Gram products
+    ``2 s^2 l`` at the start and at the restart, ``2 s^2 l`` for each
+    application of ``Q`` to the long side (two), and ``6 s^3`` per step for
+    ``R^2``, ``P Q`` and ``P R P`` (two products).
+    """
+    s, lg = min(m, n), max(m, n)
+    if method in ("newton_schulz", "polar_express"):
+        return steps * (4 * s * s * lg + 2 * s**3)
+    if method == "gram_newton_schulz":
+        long_side = 2 * (2 * s * s * lg) + (2 * s * s * lg if steps > 2 else 0)
+        return long_side + steps * 8 * s**3
+    raise ValueError(f"method: no FLOP count for {method!r}")

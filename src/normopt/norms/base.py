@@ -1,0 +1,154 @@
+"""The Norm interface and the registry that maps names to norm classes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Norm", "register", "get", "names", "from_spec"]
+
+
+class Norm:
+    """A norm on one parameter tensor (an *element*), batched over leading dims.
+
+    A norm acts on the last :attr:`ndim` dimensions of its argument (1 for a
+    vector norm, 2 for a matrix norm, 4 for a conv kernel); any leading
+    dimensions are batch dimensions, and reductions return one value per batch
+    entry.
+
+    Subclasses implement :meth:`norm`, :meth:`dual_norm`, :meth:`dualize`,
+    :meth:`dual` and :meth:`rho`. ``dualize(g)`` is the maximizer of
+    ``<g, t>`` over ``||t|| <= 1`` (zero for ``g = 0``), so that
+    ``<g, dualize(g)> = dual_norm(g)`` and ``norm(dualize(g)) = 1``.
+    """
+
+    name: ClassVar[str] = ""
+    ndim: ClassVar[int] = 1
+
+    # -- the interface -------------------------------------------------------------
+    def norm(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dual_norm(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dualize(self, g: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dual(self) -> Norm:
+        raise NotImplementedError
+
+    def rho(self, shape: Sequence[int]) -> float:
+        """Smallest ``rho`` with ``dual_norm(x) <= rho * ||x||_F`` on elements of ``shape``."""
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------
+    def fit(self, shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+        """The element shape this norm sees for a parameter of ``shape``.
+
+        Vector norms flatten; matrix norms keep a matrix and flatten the
+        trailing dimensions of a higher-order tensor into columns (the
+        ``(d_out, -1)`` reshape Muon uses for conv kernels). Raises
+        ``ValueError`` when the shape cannot carry this norm.
+        """
+        shape = tuple(int(s) for s in shape)
+        if self.ndim == 1:
+            return (math.prod(shape),)
+        if self.ndim == 2:
+            if len(shape) < 2:
+                raise ValueError(
+                    f"norm: {self!r} is a matrix norm and needs a tensor with ndim >= 2, "
+                    f"got shape {shape}"
+                )
+            return (shape[0], math.prod(shape[1:]))
+        if len(shape) != self.ndim:
+            raise ValueError(
+                f"norm: {self!r} needs a tensor with ndim == {self.ndim}, got shape {shape}"
+            )
+        return shape
+
+    def spec(self) -> dict[str, Any]:
+        """A plain-Python description ``{"name": ..., **kwargs}`` for state dicts and configs."""
+        return {"name": self.name, **self._kwargs()}
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _reduce_dims(self, x: Tensor) -> tuple[int, ...]:
+        if x.ndim < self.ndim:
+            raise ValueError(
+                f"x: {self!r} acts on the last {self.ndim} dims, got shape {tuple(x.shape)}"
+            )
+        return tuple(range(-self.ndim, 0))
+
+    def __repr__(self) -> str:
+        kw = ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
+        return f"{type(self).__name__}({kw})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._kwargs() == other._kwargs()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self._kwargs().items()))))
+
+
+_REGISTRY: dict[str, type[Norm]] = {}
+N = TypeVar("N", bound=type[Norm])
+
+
+def register(cls: N) -> N:
+    """Class decorator: make a norm reachable by its ``name`` through :func:`get`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name to register under")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """The registered norm names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs: Any) -> Norm:
+    """Build a norm from its registry name and arguments: ``get("schatten", p=4)``."""
+    if isinstance(name, Norm):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a norm name (str), got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    cls = _REGISTRY.get(key)
+    if cls is None:
+        raise ValueError(f"name: unknown norm {name!r}; expected one of {names()}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"norm {name!r}: {e}") from None
+
+
+def from_spec(spec: dict[str, Any] | str | Norm) -> Norm:
+    """Inverse of :meth:`Norm.spec`; also accepts a bare name or a Norm."""
+    if isinstance(spec, Norm):
+        return spec
+    if isinstance(spec, str):
+        return get(spec)
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"spec: expected a dict with a 'name' key, got {spec!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if "norms" in kwargs:  # Modular: nested specs
+        kwargs["norms"] = [from_spec(s) for s in kwargs["norms"]]
+    inner = kwargs.get("inner")
+    if isinstance(inner, dict):
+        kwargs["inner"] = from_spec(inner)
+    return get(spec["name"], **kwargs)
+
+
+def safe_div(x: Tensor, d: Tensor) -> Tensor:
+    """``x / d`` with 0 where ``d == 0`` (the dualize of a zero gradient is zero)."""
+    return torch.where(d > 0, x / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(x))
+
+
+Reduce = Callable[[Tensor], Tensor]

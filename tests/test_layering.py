@@ -1,0 +1,51 @@
+"""Imports point down the layer list of DESIGN.md, never up."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "normopt"
+# Lower index = lower layer. A module may import its own layer and those below.
+# norms needs the polar factor: linalg sits under norms in practice (DESIGN.md lists norms
+# first, but a norm's dualize calls linalg.polar). Ranks: linalg < norms.
+RANK = {
+    "linalg": 0,
+    "kernels": 0,
+    "norms": 1,
+    "optim": 2,
+    "distributed": 3,
+    "theory": 3,
+    "experiments": 4,
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("normopt."):
+            out.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("normopt."):
+                    out.add(a.name.split(".")[1])
+    return out
+
+
+@pytest.mark.parametrize("layer", [name for name in RANK if (SRC / name).is_dir()])
+def test_imports_point_down(layer):
+    for path in (SRC / layer).rglob("*.py"):
+        for target in _imports(path):
+            if target in RANK and target != layer:
+                assert RANK[target] < RANK[layer], (
+                    f"{path.relative_to(SRC)} imports normopt.{target}, a layer above or beside it"
+                )
+
+
+def test_package_never_imports_experiments():
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in ("experiments", "commands") or rel.name == "cli.py":
+            continue
+        assert "experiments" not in _imports(path), f"{rel} imports normopt.experiments"

@@ -1,0 +1,58 @@
+"""Theory tools: constants rho and L, Kovalev's schedule and bound, estimators, monitors.
+
+- :func:`constants`, :func:`kovalev_schedule`, :func:`kovalev_bound`,
+  :func:`lemma3_bound`: the numbers of SPEC A4 for a norm and a shape.
+- :func:`estimate_smoothness`, :func:`smoothness_of_step`,
+  :func:`estimate_noise`, :func:`effective_rho`: L, sigma and rho measured on
+  a real model and real data.
+- :class:`SpectralNormMonitor`, :class:`ConstraintMonitor`,
+  :class:`UpdateMonitor`: per-layer measurements to call in a training loop.
+"""
+
+from normopt.theory.estimators import (
+    NoiseEstimate,
+    RhoEstimate,
+    SmoothnessEstimate,
+    effective_rho,
+    estimate_noise,
+    estimate_smoothness,
+    smoothness_of_step,
+)
+from normopt.theory.kovalev import (
+    Constants,
+    KovalevSchedule,
+    constants,
+    kovalev_bound,
+    kovalev_bound_terms,
+    kovalev_schedule,
+    lemma3_bound,
+)
+from normopt.theory.monitors import (
+    ConstraintMonitor,
+    Monitor,
+    SpectralNormMonitor,
+    UpdateMonitor,
+    rows_of,
+)
+
+__all__ = [
+    "Constants",
+    "KovalevSchedule",
+    "constants",
+    "kovalev_bound",
+    "kovalev_bound_terms",
+    "kovalev_schedule",
+    "lemma3_bound",
+    "SmoothnessEstimate",
+    "NoiseEstimate",
+    "RhoEstimate",
+    "estimate_smoothness",
+    "smoothness_of_step",
+    "estimate_noise",
+    "effective_rho",
+    "Monitor",
+    "SpectralNormMonitor",
+    "ConstraintMonitor",
+    "UpdateMonitor",
+    "rows_of",
+]

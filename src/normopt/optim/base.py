@@ -278,6 +278,11 @@ class NormOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None = None) -> Any:
+        # The body of step(). torch wraps each class's step() with the step hooks, so a
+        # subclass that overrides step() calls this, not super().step(), to run them once.
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -108,7 +108,7 @@ class MuonMVR2(Muon):
             self._prev_grads = {}
             return loss
         snapshot = {p: p.detach().clone() for p in params}  # X_t, the next step's X_{t-1}
-        super().step()
+        self._step()
         for p in params:
             self.state[p]["prev_param"] = snapshot[p]
         self._prev_grads = {}

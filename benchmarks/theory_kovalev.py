@@ -270,7 +270,9 @@ def main() -> None:
         "machine": _machine(),
         "config": vars(args),
     }  # fmt: skip
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "results": results}, separators=(",", ":")) + "\n"
+    )  # one line: the curves make an indented file tens of thousands of lines long
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 

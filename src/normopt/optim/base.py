@@ -147,11 +147,14 @@ class NormOptimizer(Optimizer):
 
     # -- groups and norms ---------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "norm" in param_group and isinstance(param_group["norm"], Norm | str):
-            param_group = dict(param_group)
-            norm = param_group["norm"]
-            # Stored by its registry name and arguments, so the state dict stays plain data.
-            param_group["norm"] = from_spec(norm).spec()
+        # Norms (and Lion-K's convex maps) are stored by registry name and arguments, so the
+        # state dict stays plain data that torch.load(weights_only=True) reads.
+        for key in ("norm", "K"):
+            value = param_group.get(key)
+            if isinstance(value, Norm | str):
+                param_group = {**param_group, key: from_spec(value).spec()}
+            elif value is not None and hasattr(value, "spec") and not isinstance(value, dict):
+                param_group = {**param_group, key: value.spec()}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for p in group["params"]:

@@ -9,7 +9,7 @@ Lion-K, Kovalev's trust region and modular steepest descent are all instances.
 >>> print(normopt.describe(model))     # doctest: +SKIP
 """
 
-from normopt import linalg, norms
+from normopt import linalg, norms, theory
 from normopt.optim import (
     HuberNuclear,
     Lion,
@@ -30,6 +30,7 @@ __all__ = [
     "__version__",
     "linalg",
     "norms",
+    "theory",
     "HuberNuclear",
     "Lion",
     "LionK",

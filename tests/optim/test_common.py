@@ -334,7 +334,7 @@ BAD_ARGS = [
     (lambda p: normopt.Muon(p, polar_dtype="bf17"), "polar_dtype"),
     (lambda p: normopt.Lion(p, betas=(1.2, 0.9)), "betas"),
     (lambda p: normopt.Lion(p, lr=float("nan")), "lr"),
-    (lambda p: normopt.LionK(p, K="no_such_norm"), "name"),
+    (lambda p: normopt.LionK(p, K="no_such_norm"), "K"),
     (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.1, nesterov=True), "nesterov"),
     (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=2.0, radius=1.0), "lr"),
     (
@@ -349,6 +349,35 @@ BAD_ARGS = [
     ),
     (lambda p: normopt.TrustRegion(p, norm=N.L2(), lr=0.1, alpha=0.0), "alpha"),
     (lambda p: normopt.TrustRegion(p, norm=N.L2(), lr=0.1, alpha=1.5), "alpha"),
+    # issue 7: every optimizer, every kind of bad value (test_robustness.py has the rest)
+    (lambda p: normopt.Lion(p, lr=-1e-3), "lr"),
+    (lambda p: normopt.Lion(p, lr=float("inf")), "lr"),
+    (lambda p: normopt.LionK(p, K=N.L1(), lr=-1e-3), "lr"),
+    (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=-0.1), "lr"),
+    (lambda p: normopt.TrustRegion(p, norm=N.L2(), lr=-0.1, alpha=0.5), "lr"),
+    (lambda p: normopt.MuonMVR2(p, lr=-0.02), "lr"),
+    (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.1, momentum=1.0), "momentum"),
+    (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.1, momentum=-0.5), "momentum"),
+    (lambda p: normopt.MuonMVR2(p, momentum=1.0), "momentum"),
+    (lambda p: normopt.MuonMVR2(p, ns_steps=0), "ns_steps"),
+    (lambda p: normopt.Muon(p, ns_steps=2.5), "ns_steps"),
+    (lambda p: normopt.LionK(p, K=N.Nuclear(), polar="qr"), "polar"),
+    (lambda p: normopt.LionK(p, K=N.Nuclear(), polar="newton_schulz", ns_steps=0), "ns_steps"),
+    (lambda p: normopt.LionK(p, K=N.Nuclear(), ns_steps=3), "ns_steps"),
+    (lambda p: normopt.Muon(p, adamw_eps=0.0), "adamw_eps"),
+    (lambda p: normopt.Muon(p, nesterov="no"), "nesterov"),
+    (lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.1, normalized="yes"), "normalized"),
+    (lambda p: normopt.SteepestDescent(p, norm="no_such_norm", lr=0.1), "norm"),
+    (lambda p: normopt.TrustRegion(p, norm="no_such_norm", lr=0.1, alpha=0.5), "norm"),
+    (
+        lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.1, weight_decay=float("nan")),
+        "weight_decay",
+    ),
+    (
+        lambda p: normopt.TrustRegion(p, norm=N.L2(), lr=0.1, alpha=0.5, weight_decay=1.5),
+        "weight_decay",
+    ),
+    (lambda p: normopt.LionK(p, K=normopt.HuberNuclear(0.0)), "delta"),
 ]
 
 

@@ -1,6 +1,6 @@
 """torch.optim optimizers built from the norm catalog, and parameter routing."""
 
-from normopt.optim.base import NonFiniteGradientError, NormOptimizer
+from normopt.optim.base import NonFiniteGradientError, NonFiniteUpdateError, NormOptimizer
 from normopt.optim.lion import HuberNuclear, Lion, LionK, gradient_of_K
 from normopt.optim.muon import ADJUST_LR, Muon, adjust_lr_factor
 from normopt.optim.mvr import MuonMVR2
@@ -15,6 +15,7 @@ __all__ = [
     "Muon",
     "MuonMVR2",
     "NonFiniteGradientError",
+    "NonFiniteUpdateError",
     "NormOptimizer",
     "Route",
     "SteepestDescent",

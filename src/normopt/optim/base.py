@@ -31,9 +31,12 @@ from normopt.norms import Norm, from_spec
 __all__ = [
     "NormOptimizer",
     "NonFiniteGradientError",
+    "NonFiniteUpdateError",
     "NONFINITE_POLICIES",
     "check_number",
     "check_betas",
+    "check_bool",
+    "resolve_norm",
     "split_view",
 ]
 
@@ -47,6 +50,13 @@ class NonFiniteGradientError(FloatingPointError):
     """A gradient held NaN or Inf and the optimizer's policy is ``nonfinite="raise"``."""
 
 
+class NonFiniteUpdateError(NonFiniteGradientError):
+    """Finite gradients gave NaN or Inf in the new weights or optimizer state (an overflow,
+    e.g. AdamW's ``g * g`` for ``|g| > 1.8e19`` in float32) and the policy is ``"raise"``.
+    The step was undone. A subclass of :class:`NonFiniteGradientError`, so one ``except``
+    catches both."""
+
+
 def check_number(
     name: str,
     value: Any,
@@ -55,7 +65,7 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Validate a real hyperparameter, raising ``ValueError`` that names it."""
+    """Validate a real, finite hyperparameter, raising ``ValueError`` that names it."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(
@@ -64,6 +74,8 @@ def check_number(
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise ValueError(f"{name}: expected a number, got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     lo_ok = value > low if low_open else value >= low
     hi_ok = value < high if high_open else value <= high
     if not (lo_ok and hi_ok):
@@ -79,6 +91,23 @@ def check_betas(name: str, betas: Any) -> tuple[float, float]:
     b1 = check_number(f"{name}[0]", betas[0], 0.0, 1.0, high_open=True)
     b2 = check_number(f"{name}[1]", betas[1], 0.0, 1.0, high_open=True)
     return (b1, b2)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: ``True`` or ``False`` (not a string such as ``"no"``, which is truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def resolve_norm(name: str, spec: Any) -> Norm:
+    """``from_spec(spec)``, with errors that name the argument ``name`` (``norm``, ``K``)."""
+    try:
+        return from_spec(spec)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        msg = msg[len("name: ") :] if msg.startswith("name: ") else msg
+        raise type(e)(f"{name}: {msg}") from None
 
 
 def split_view(
@@ -142,6 +171,17 @@ class NormOptimizer(Optimizer):
                 "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
                 "got a single tensor"
             )
+        if not isinstance(params, Iterable):
+            raise TypeError(
+                "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
+                f"got {type(params).__name__}"
+            )
+        params = list(params)
+        if not params:
+            raise ValueError(
+                "params: empty parameter list; nothing to optimize (a model whose parameters "
+                "are all frozen has none)"
+            )
         self._norm_cache: dict[str, Norm] = {}
         super().__init__(params, defaults)
 
@@ -152,15 +192,25 @@ class NormOptimizer(Optimizer):
         for key in ("norm", "K"):
             value = param_group.get(key)
             if isinstance(value, Norm | str):
-                param_group = {**param_group, key: from_spec(value).spec()}
+                param_group = {**param_group, key: resolve_norm(key, value).spec()}
             elif value is not None and hasattr(value, "spec") and not isinstance(value, dict):
                 param_group = {**param_group, key: value.spec()}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for p in group["params"]:
-            if p.is_complex():
-                raise TypeError(f"params: complex parameters are not supported (dtype {p.dtype})")
-        self._check_group(group)
+        try:
+            for p in group["params"]:
+                if p.is_complex():
+                    raise TypeError(
+                        f"params: complex parameters are not supported (dtype {p.dtype})"
+                    )
+                if not p.is_floating_point():
+                    raise TypeError(
+                        f"params: expected floating-point parameters, got dtype {p.dtype}"
+                    )
+            self._check_group(group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # a rejected group must not stay behind half-added
+            raise
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"])
@@ -211,23 +261,116 @@ class NormOptimizer(Optimizer):
 
     def _gradients_finite(self) -> bool:
         """Apply the non-finite policy; returns False when the step must be skipped."""
-        flags: list[Tensor] = []
-        owners: list[tuple[dict[str, Any], Tensor]] = []
+        return self._precheck() != "skip"
+
+    def _precheck(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> str:
+        """One pass over the gradients before anything moves; returns ``"skip"``, ``"guard"``
+        or ``"fast"``.
+
+        Raises ``TypeError`` for sparse or complex gradients and applies the non-finite
+        policy. A step is *guarded* (weights and state saved, checked after, restored on
+        overflow) when it could overflow: float16 parameters (range 65504), or a gradient
+        with ``max |g| > sqrt(finfo(state dtype).max / (64 n))``, ``n`` the number of
+        entries stepped. Below that bound no optimizer here can overflow: momentum is a
+        combination of gradients, AdamW squares them (``g^2 <= max / 64 n``), and dual norms
+        sum at most ``n`` entries or squares. ``extra``: more ``(group, param, gradient)``
+        triples to include (MuonMVR2's second gradients).
+        """
+        entries: list[tuple[dict[str, Any], Tensor, Tensor]] = []
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is not None and not p.grad.is_sparse:
-                    flags.append(torch.isfinite(p.grad).all())
-                    owners.append((group, p))
+                if p.grad is not None:
+                    entries.append((group, p, self._grad(p, group)))  # raises on sparse/complex
+        entries.extend(extra)
+        if not entries:
+            return "fast"
+        n = max(1, sum(p.numel() for _, p, _ in entries))
+        guard = any(p.dtype == torch.float16 for _, p, _ in entries)
+        owners, finite, large = [], [], []
+        for group, p, g in entries:
+            if g.numel() == 0:
+                continue
+            amax = torch.linalg.vector_norm(g, math.inf)  # NaN or Inf when g holds one
+            bound = math.sqrt(torch.finfo(_state_dtype(p)).max / (64 * n))
+            owners.append((group, p))
+            finite.append(torch.isfinite(amax))
+            large.append(amax > bound)
+        if not owners:
+            return "guard" if guard else "fast"
+        dev = finite[0].device
+        flags = torch.stack(
+            [torch.stack([f.to(dev) for f in finite]), torch.stack([b.to(dev) for b in large])]
+        ).cpu()  # one sync
+        ok, big = flags[0], flags[1]
+        if not bool(ok.all()):
+            bad_group, bad_p = owners[int((~ok).nonzero()[0, 0])]
+            if any(g.get("nonfinite", "raise") == "raise" for g, _ in owners):
+                raise NonFiniteGradientError(
+                    f"non-finite gradient (NaN or Inf) in {self._param_name(bad_group, bad_p)}; "
+                    "the step was not taken. Pass nonfinite='skip' to skip such steps instead."
+                )
+            return "skip"
+        return "guard" if guard or bool(big.any()) else "fast"
+
+    def _snapshot(self) -> list[tuple[dict[str, Any], Tensor, Tensor, dict[str, Any] | None]]:
+        """Copies of every parameter that has a gradient and of its state (a guarded step)."""
+        saved = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state.get(p)
+                copy = (
+                    None
+                    if st is None
+                    else {k: v.clone() if isinstance(v, Tensor) else v for k, v in st.items()}
+                )
+                saved.append((group, p, p.detach().clone(), copy))
+        return saved
+
+    def _commit(
+        self, saved: list[tuple[dict[str, Any], Tensor, Tensor, dict[str, Any] | None]]
+    ) -> bool:
+        """After a guarded step: keep it if every new weight and state tensor is finite,
+        otherwise restore the snapshot bit for bit and apply the non-finite policy. (A tensor
+        that was not finite before the step, say weights set to Inf by the user, is not
+        blamed on the update.)"""
+
+        def finite(new: Tensor, old: Tensor | None) -> Tensor:
+            ok = torch.isfinite(new).all()
+            return ok if old is None else ok | ~torch.isfinite(old).all()
+
+        flags: list[Tensor] = []
+        where: list[tuple[int, str]] = []
+        for i, (_, p, value, st) in enumerate(saved):
+            if p.numel():
+                flags.append(finite(p, value))
+                where.append((i, "the new weights"))
+            for k, v in self.state.get(p, {}).items():
+                if isinstance(v, Tensor) and v.is_floating_point() and v.numel():
+                    old = (st or {}).get(k)
+                    flags.append(finite(v, old if isinstance(old, Tensor) else None))
+                    where.append((i, f"the optimizer state {k!r}"))
         if not flags:
             return True
-        ok = torch.stack([f.to(flags[0].device) for f in flags])
+        dev = flags[0].device
+        ok = torch.stack([f.to(dev) for f in flags]).cpu()
         if bool(ok.all()):
             return True
-        bad_group, bad_p = owners[int((~ok).nonzero()[0, 0])]
-        if any(g.get("nonfinite", "raise") == "raise" for g, _ in owners):
-            raise NonFiniteGradientError(
-                f"non-finite gradient (NaN or Inf) in {self._param_name(bad_group, bad_p)}; "
-                "the step was not taken. Pass nonfinite='skip' to skip such steps instead."
+        i, what = where[int((~ok).nonzero()[0, 0])]
+        bad_group, bad_p = saved[i][0], saved[i][1]
+        for _, p, value, st in saved:
+            p.copy_(value)
+            if st is None:
+                self.state.pop(p, None)
+            else:
+                self.state[p] = st
+        if any(g.get("nonfinite", "raise") == "raise" for g, _, _, _ in saved):
+            raise NonFiniteUpdateError(
+                f"non-finite update: finite gradients gave NaN or Inf in {what} of "
+                f"{self._param_name(bad_group, bad_p)} ({bad_p.dtype} overflow); the step was "
+                "undone. Lower the learning rate or the loss scale, or pass nonfinite='skip' "
+                "to skip such steps."
             )
         return False
 
@@ -290,11 +433,20 @@ class NormOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._gradients_finite():
-            return loss
+        self._update()
+        return loss
+
+    def _update(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> bool:
+        """One step on the current gradients; False when the policy skipped it. ``extra`` as
+        in :meth:`_precheck`."""
+        mode = self._precheck(extra)
+        if mode == "skip":
+            return False
+        saved = self._snapshot() if mode == "guard" else None
         plan: list[Plan] = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            # an empty tensor has nothing to update (and norms cannot reduce over it)
+            params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if not params:
                 continue
             buffers, directions = self._directions(group, params)
@@ -308,7 +460,7 @@ class NormOptimizer(Optimizer):
             for group, params, _, directions in plan:
                 for p, d in zip(params, directions):
                     self._apply(p, d, self.state[p], group)
-        return loss
+        return True if saved is None else self._commit(saved)
 
     # -- state dicts ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -317,10 +469,20 @@ class NormOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by :meth:`state_dict` of the same optimizer class, on
+        parameters of the same layout; anything else is a ``ValueError``, never a silent
+        mismatch. State keeps the dtype a step would give it (float32 for bf16/fp16
+        parameters: torch's loader would cast it to the parameter's dtype) and is copied,
+        not shared with ``state_dict``."""
         if not isinstance(state_dict, dict) or "param_groups" not in state_dict:
             raise ValueError("state_dict: expected an optimizer state dict (with 'param_groups')")
         kind = state_dict.get("normopt_optimizer")
-        if kind is not None and kind != type(self).__name__:
+        if kind is None:
+            raise ValueError(
+                f"state_dict: not saved by a normopt optimizer (no 'normopt_optimizer' key); "
+                f"cannot be loaded into {type(self).__name__}"
+            )
+        if kind != type(self).__name__:
             raise ValueError(
                 f"state_dict: saved by {kind}, cannot be loaded into {type(self).__name__}"
             )
@@ -336,6 +498,13 @@ class NormOptimizer(Optimizer):
                     f"state_dict: group {gi} has {len(saved['params'])} parameters, "
                     f"this optimizer's has {len(mine['params'])}"
                 )
+            # The saved hyperparameters replace ours: they must be valid for our tensors
+            # (a norm that does not fit a shape, a tampered learning rate).
+            candidate = {**self.defaults, **saved, "params": mine["params"]}
+            try:
+                self._check_group(candidate)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"state_dict: group {gi} does not fit this optimizer: {e}") from e
         # Per-parameter buffers must match the parameters' shapes (a different model layout
         # with the same parameter counts would otherwise load silently).
         index = {
@@ -343,23 +512,40 @@ class NormOptimizer(Optimizer):
             for g_saved, g in zip(groups, self.param_groups)
             for pid, p in zip(g_saved["params"], g["params"])
         }
-        for pid, st in state_dict.get("state", {}).items():
+        saved_state = state_dict.get("state", {})
+        for pid, st in saved_state.items():
             p = index.get(pid)
             if p is None:
                 continue
             for key, value in st.items():
                 if (
                     isinstance(value, Tensor)
-                    and value.ndim > 0
                     and key in self._per_param_keys()
-                    and value.numel() != p.numel()
+                    and tuple(value.shape) != tuple(p.shape)
                 ):
                     raise ValueError(
-                        f"state_dict: buffer {key!r} of parameter {pid} has {value.numel()} "
-                        f"elements, the parameter has {p.numel()} (shape {tuple(p.shape)})"
+                        f"state_dict: buffer {key!r} of parameter {pid} has shape "
+                        f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
                     )
         sd = {k: v for k, v in state_dict.items() if k != "normopt_optimizer"}
+        # a key missing from a saved group (added in a later version) takes its default
+        sd["param_groups"] = [{**self.defaults, **g} for g in groups]
         super().load_state_dict(sd)
+        # torch casts floating state to the parameter's dtype (and may share the tensors
+        # with state_dict): put back the saved values, copied, in the dtype a step uses.
+        for pid, st in saved_state.items():
+            p = index.get(pid)
+            if p is None:
+                continue
+            mine = self.state[p]
+            for key, value in st.items():
+                if isinstance(value, Tensor):
+                    dtype = self._state_value_dtype(key, p) if value.is_floating_point() else None
+                    mine[key] = value.to(device=p.device, dtype=dtype, copy=True)
+
+    def _state_value_dtype(self, key: str, p: Tensor) -> torch.dtype:
+        """The dtype of a floating state tensor ``key`` of ``p`` (see :func:`_state_dtype`)."""
+        return _state_dtype(p)
 
     def _per_param_keys(self) -> tuple[str, ...]:
         """State keys holding one value per parameter entry (checked on load)."""

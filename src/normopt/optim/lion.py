@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt.linalg import polar
-from normopt.norms import L1, Norm, from_spec
-from normopt.optim.base import NormOptimizer, check_betas, check_number, split_view
+from normopt.linalg import POLAR_METHODS, polar
+from normopt.norms import L1, Norm
+from normopt.optim.base import NormOptimizer, check_betas, check_number, resolve_norm, split_view
 
 __all__ = ["LionK", "Lion", "HuberNuclear", "gradient_of_K"]
 
@@ -54,7 +54,7 @@ def _resolve_K(spec: Any) -> Norm | HuberNuclear:
         return HuberNuclear(spec["delta"])
     if isinstance(spec, str) and spec.replace("-", "_") == HuberNuclear.name:
         raise ValueError("K: 'huber_nuclear' needs delta; pass HuberNuclear(delta)")
-    return from_spec(spec)
+    return resolve_norm("K", spec)
 
 
 def gradient_of_K(K: Norm | HuberNuclear, v: Tensor) -> Tensor:
@@ -126,8 +126,23 @@ class LionK(NormOptimizer):
         K = self._K(group)
         if group["polar"] is not None and not (isinstance(K, Norm) and K.name == "nuclear"):
             raise ValueError("polar: only K = Nuclear() uses a polar factor")
+        if group["polar"] is not None and group["polar"] not in POLAR_METHODS:
+            raise ValueError(
+                f"polar: unknown polar method {group['polar']!r}; expected one of {list(POLAR_METHODS)}"
+            )
+        steps = group["ns_steps"]
+        if steps is not None:
+            if group["polar"] in (None, "svd"):
+                raise ValueError("ns_steps: only an iterative polar method takes a step count")
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise ValueError(f"ns_steps: expected an integer >= 1, got {steps!r}")
         for p in group["params"]:
-            self._element_shape(p, group)
+            try:
+                self._element_shape(p, group)
+            except ValueError as e:  # name the argument: K, not the norm's own "norm"
+                if not str(e).startswith("norm: "):
+                    raise
+                raise ValueError("K: " + str(e)[len("norm: ") :]) from None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

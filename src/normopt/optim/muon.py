@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from normopt.linalg import POLAR_METHODS, polar
 from normopt.norms import Frobenius, KyFanDual
-from normopt.optim.base import NormOptimizer, check_betas, check_number, split_view
+from normopt.optim.base import NormOptimizer, check_betas, check_bool, check_number, split_view
 
 __all__ = ["Muon", "ADJUST_LR", "adjust_lr_factor"]
 
@@ -165,6 +165,7 @@ class Muon(NormOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
+        check_bool("nesterov", group["nesterov"])
         check_number("weight_decay", group["weight_decay"])
         if group["polar"] not in POLAR_METHODS:
             raise ValueError(
@@ -194,7 +195,8 @@ class Muon(NormOptimizer):
         check_number("variant_a", group["variant_a"], 0.0, 1.0)
         check_number("adamw_lr", group["adamw_lr"])
         check_betas("adamw_betas", group["adamw_betas"])
-        check_number("adamw_eps", group["adamw_eps"])
+        # eps > 0: with eps = 0 a zero gradient gives 0 / 0 and a tiny one (g^2 underflows) Inf
+        check_number("adamw_eps", group["adamw_eps"], 0.0, math.inf, low_open=True)
         check_number("adamw_weight_decay", group["adamw_weight_decay"])
         group.setdefault("use_muon", True)
         kind = self._kind(group)

@@ -80,21 +80,25 @@ class MuonMVR2(Muon):
         with torch.enable_grad():
             loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        have_prev = [p for p in params if "prev_param" in self.state[p]]
+        # .get: looking a parameter up must not create an empty state entry (lazy state)
+        have_prev = [p for p in params if "prev_param" in self.state.get(p, {})]
         self._prev_grads = {}
         if have_prev:
             current = [(p, p.detach().clone(), p.grad) for p in params]
-            for p in params:
-                p.grad = None
-                if "prev_param" in self.state[p]:
+            try:
+                for p in params:
+                    p.grad = None
+                for p in have_prev:
                     p.copy_(self.state[p]["prev_param"])
-            with torch.enable_grad():
-                closure()  # G(X_{t-1}; xi_t)
-            for p, value, grad in current:
-                if p.grad is not None:
-                    self._prev_grads[p] = p.grad
-                p.copy_(value)
-                p.grad = grad
+                with torch.enable_grad():
+                    closure()  # G(X_{t-1}; xi_t)
+                for p in have_prev:
+                    if p.grad is not None:
+                        self._prev_grads[p] = p.grad
+            finally:  # X_t and its gradients come back even when the closure raises
+                for p, value, grad in current:
+                    p.copy_(value)
+                    p.grad = grad
             bad = [p for p, g in self._prev_grads.items() if not bool(torch.isfinite(g).all())]
             if bad:
                 self._prev_grads = {}
@@ -104,12 +108,17 @@ class MuonMVR2(Muon):
                         f"non-finite gradient at the previous iterate in {self._param_name(group, bad[0])}"
                     )
                 return loss
-        if not self._gradients_finite():  # policy "skip": nothing moves, X_{t-1} stays
-            self._prev_grads = {}
-            return loss
         snapshot = {p: p.detach().clone() for p in params}  # X_t, the next step's X_{t-1}
-        self._step()
-        for p in params:
-            self.state[p]["prev_param"] = snapshot[p]
-        self._prev_grads = {}
+        groups = {p: g for g in self.param_groups for p in g["params"]}
+        extra = [(groups[p], p, g) for p, g in self._prev_grads.items()]
+        try:
+            if self._update(extra):  # the second gradients count for the overflow guard too
+                for p in params:
+                    self.state[p]["prev_param"] = snapshot[p]
+            # else policy "skip": nothing moved, X_{t-1} stays
+        finally:
+            self._prev_grads = {}
         return loss
+
+    def _state_value_dtype(self, key: str, p: Tensor) -> torch.dtype:
+        return p.dtype if key == "prev_param" else super()._state_value_dtype(key, p)

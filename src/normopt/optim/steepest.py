@@ -9,7 +9,14 @@ import torch
 from torch import Tensor
 
 from normopt.norms import Norm
-from normopt.optim.base import NormOptimizer, Plan, check_number, split_view
+from normopt.optim.base import (
+    NormOptimizer,
+    Plan,
+    check_bool,
+    check_number,
+    resolve_norm,
+    split_view,
+)
 
 __all__ = ["SteepestDescent", "TrustRegion"]
 
@@ -63,9 +70,7 @@ class SteepestDescent(NormOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         if isinstance(norm, Norm | str):
-            from normopt.norms import from_spec
-
-            norm = from_spec(norm).spec()
+            norm = resolve_norm("norm", norm).spec()
         self._global_combine = bool(modular)
         defaults = dict(
             norm=norm,
@@ -93,6 +98,8 @@ class SteepestDescent(NormOptimizer):
             check_number("lr", group["lr"], 0.0, 1.0)  # (1 - lr) W stays a convex combination
             if group["modular"]:
                 raise ValueError("radius: the constrained form and modular=True do not combine")
+        check_bool("nesterov", group["nesterov"])
+        check_bool("normalized", group["normalized"])
         if group["nesterov"] and group["momentum"] == 0:
             raise ValueError("nesterov: needs momentum > 0")
         if bool(group["modular"]) != self._global_combine:
@@ -193,9 +200,7 @@ class TrustRegion(NormOptimizer):
         nonfinite: str = "raise",
     ) -> None:
         if isinstance(norm, Norm | str):
-            from normopt.norms import from_spec
-
-            norm = from_spec(norm).spec()
+            norm = resolve_norm("norm", norm).spec()
         defaults = dict(
             norm=norm,
             lr=lr,

@@ -1,12 +1,19 @@
 """Time every polar (orthogonalization) method on the issue's shapes; report ms, TFLOP/s and accuracy.
 
-Ours: ``normopt.linalg.polar`` (newton_schulz, polar_express, gram_newton_schulz) and
-the fast paths of ``normopt.kernels`` (fused, compiled, triton), each with Jordan's and
-the Polar Express coefficients. Peers, when importable: torch.optim.Muon's internal
-Newton-Schulz (``torch.optim._muon._zeropower_via_newtonschulz``, one matrix per call as
-torch.optim.Muon runs it) and gram-newton-schulz's pure-torch path
-(``GramNewtonSchulz(ns_use_kernels=False)``, its default ``torch.compile`` settings on
-CUDA, eager on the CPU).
+Methods (names for ``--methods``):
+
+- ``normopt.newton_schulz``, ``normopt.polar_express``, ``normopt.gram_newton_schulz``:
+  ``normopt.linalg.polar``, the references;
+- ``kernels.{fused,compiled,triton}.{jordan,polar_express}``: the fast paths of
+  ``normopt.kernels`` with Jordan's or the Polar Express coefficients (compiled: on
+  CUDA, or with ``--compile``; triton: on CUDA with triton installed);
+- ``peer.torch_muon_ns``: torch.optim.Muon's internal Newton-Schulz
+  (``torch.optim._muon._zeropower_via_newtonschulz``), one matrix per call as
+  torch.optim.Muon runs it (bf16 always);
+- ``peer.gns.torch_compiled``, ``peer.gns.torch_eager``: gram-newton-schulz's pure-torch
+  path, ``GramNewtonSchulz(ns_use_kernels=False)``, with its default ``torch.compile``
+  settings (CUDA only) or none; it iterates in fp16 with its own Polar Express
+  schedule (safety 1.05); ``peer.gns.kernels``: its CuTe kernels, when they import.
 
 For each (shape, method): median of ``--repeat`` runs after ``--warmup`` (CUDA events on
 CUDA, ``perf_counter`` on the CPU), rotating over ``--inputs`` input stacks so that small
@@ -161,7 +168,7 @@ def build_methods(
         sc = sched.norm_scale
         methods.append(
             (
-                f"kernels.fused[{sched_name}]",
+                f"kernels.fused.{sched_name}",
                 lambda G, co=co, sc=sc: kernels.quintic_fused(G, co, sc, compute_dtype=cd),
                 flops_as,
             )
@@ -169,23 +176,23 @@ def build_methods(
         if compile_ok:
             methods.append(
                 (
-                    f"kernels.compiled[{sched_name}]",
+                    f"kernels.compiled.{sched_name}",
                     lambda G, co=co, sc=sc: kernels.quintic_compiled(G, co, sc, compute_dtype=cd),
                     flops_as,
                 )
             )
         else:
-            skipped[f"kernels.compiled[{sched_name}]"] = "compile off (CPU default; --compile)"
+            skipped[f"kernels.compiled.{sched_name}"] = "compile off (CPU default; --compile)"
         if triton_sym.usable(device) and cd in (torch.bfloat16, torch.float16, torch.float32):
             methods.append(
                 (
-                    f"kernels.triton[{sched_name}]",
+                    f"kernels.triton.{sched_name}",
                     lambda G, co=co, sc=sc: triton_sym.quintic_triton(G, co, sc, compute_dtype=cd),
                     flops_as,
                 )
             )
         else:
-            skipped[f"kernels.triton[{sched_name}]"] = "triton not usable on this device"
+            skipped[f"kernels.triton.{sched_name}"] = "triton not usable on this device"
 
     # Peer: torch.optim.Muon's internal Newton-Schulz (bf16 always), one matrix per call.
     try:
@@ -196,9 +203,9 @@ def build_methods(
         def torch_muon(G: torch.Tensor) -> torch.Tensor:
             return torch.stack([torch_ns(g, coeffs, STEPS, 1e-7) for g in G])
 
-        methods.append(("peer.torch.optim.Muon-NS", torch_muon, "newton_schulz"))
+        methods.append(("peer.torch_muon_ns", torch_muon, "newton_schulz"))
     except ImportError:
-        skipped["peer.torch.optim.Muon-NS"] = f"not in torch {torch.__version__}"
+        skipped["peer.torch_muon_ns"] = f"not in torch {torch.__version__}"
 
     # Peer: gram-newton-schulz's pure-torch path (fp16 iteration, its Polar Express schedule).
     try:
@@ -206,17 +213,17 @@ def build_methods(
 
         if device.type == "cuda":
             gns = GramNewtonSchulz(ns_use_kernels=False)  # its defaults: torch.compile, cudagraphs
-            methods.append(("peer.gram-newton-schulz[torch,compiled]", gns, "gram_newton_schulz"))
+            methods.append(("peer.gns.torch_compiled", gns, "gram_newton_schulz"))
         gns_eager = GramNewtonSchulz(ns_use_kernels=False, compile_kwargs=None)
-        methods.append(("peer.gram-newton-schulz[torch,eager]", gns_eager, "gram_newton_schulz"))
+        methods.append(("peer.gns.torch_eager", gns_eager, "gram_newton_schulz"))
         if device.type == "cuda":
             try:
                 gns_k = GramNewtonSchulz(ns_use_kernels=True)
-                methods.append(("peer.gram-newton-schulz[kernels]", gns_k, "gram_newton_schulz"))
+                methods.append(("peer.gns.kernels", gns_k, "gram_newton_schulz"))
             except Exception as exc:  # its CuTe kernels need quack-kernels and cutlass
-                skipped["peer.gram-newton-schulz[kernels]"] = f"{type(exc).__name__}: {exc}"
+                skipped["peer.gns.kernels"] = f"{type(exc).__name__}: {exc}"
     except ImportError:
-        skipped["peer.gram-newton-schulz"] = "not installed (pip install gram-newton-schulz)"
+        skipped["peer.gns"] = "not installed (pip install gram-newton-schulz)"
     return methods, skipped
 
 
@@ -225,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true", help="shapes divided by 32 (CPU smoke run)")
     ap.add_argument("--shapes", default=None, help="comma list of MxN or BxMxN")
-    ap.add_argument("--methods", default="*", help="comma list of fnmatch patterns")
+    ap.add_argument(
+        "--methods", default="*", help="comma list of fnmatch patterns, e.g. 'kernels.*,peer.*'"
+    )
     ap.add_argument("--dtype", default=None, help="compute dtype (default: bf16 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None)

@@ -12,7 +12,9 @@ timed alone (median of ``--repeat`` after ``--warmup``; CUDA events on CUDA). Ro
   plain ``normopt.linalg.polar`` and unmerged stacks (what the CPU runs);
 - ``normopt.Muon[polar_express]``: the Polar Express schedule, fast paths on;
 - ``torch.optim.Muon`` (torch >= 2.9): one matrix at a time;
-- ``torch.optim.AdamW``: ``fused=True`` on CUDA (``foreach`` on the CPU).
+- ``torch.optim.AdamW``: ``fused=True`` on CUDA (``foreach`` on the CPU);
+- ``normopt.Muon[orthogonalize only]``: the polar iteration on the step's stacks
+  alone (same backend and merging): the rest of the step is the difference.
 
 Peak memory (CUDA): ``torch.cuda.max_memory_allocated`` during the timed steps, and
 that peak minus the memory held before them (weights, gradients, optimizer state):
@@ -135,6 +137,7 @@ def step_rows(
 
     base = gpt2_matrices(blocks, scale)
     n_params = sum(p.numel() for p in base)
+    rows.append(ortho_row(base, device, warmup, repeat))
     for label, make, switches in cases:
         params = params_with_grads(base, device)
         row: dict[str, Any] = {"part": "step", "optimizer": label, "matrices": len(params)}
@@ -171,6 +174,38 @@ def step_rows(
         if cuda:
             torch.cuda.empty_cache()
     return rows
+
+
+def ortho_row(
+    base: list[nn.Parameter], device: torch.device, warmup: int, repeat: int
+) -> dict[str, Any]:
+    """The orthogonalization of normopt.Muon's stacks alone, as its step builds them: what the
+    rest of the step (momentum, stacking, scatter, update, the non-finite check) adds on top."""
+    grads = [p.grad.to(device) for p in base if p.grad is not None]
+    merge = [kernels.merge_transposed_enabled(device)] * len(grads)
+    plans = kernels.plan_stacks([tuple(g.shape) for g in grads], [None] * len(grads), merge)
+    stacks = [kernels.gather(grads, plan) for plan in plans]  # (B, m, n) each
+    sched = normopt.linalg.get_schedule("jordan")
+    coeffs = [sched.at(i) for i in range(5)]
+
+    def orthogonalize(_: Any) -> None:
+        for st in stacks:
+            kernels.quintic_polar(st, coeffs, sched.norm_scale)
+
+    row: dict[str, Any] = {
+        "part": "step",
+        "optimizer": "normopt.Muon[orthogonalize only]",
+        "matrices": len(grads),
+        "stacks": [list(st.shape) for st in stacks],
+    }
+    t0 = time.perf_counter()
+    orthogonalize(None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    row["first_step_s"] = time.perf_counter() - t0
+    times = time_fn(orthogonalize, [None], warmup, repeat, device)
+    row.update(ms=statistics.median(times), ms_min=min(times), ms_max=max(times))
+    return row
 
 
 # -- part 2: a training step end to end ---------------------------------------------------------------
@@ -362,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     if "step" in parts:
         print(
             f"## optimizer step, GPT-2-small matrices ({blocks} blocks, sides /{scale})\n"
-            f"{'optimizer':<30} {'ms':>9} {'min':>9} {'first s':>8} {'peak MB':>9} "
+            f"{'optimizer':<34} {'ms':>9} {'min':>9} {'first s':>8} {'peak MB':>9} "
             f"{'trans MB':>9} {'state MB':>9}",
             flush=True,
         )
         for row in step_rows(device, blocks, scale, warmup, repeat):
             rows.append(row)
             if "error" in row:
-                print(f"{row['optimizer']:<30} ERROR {row['error']}", flush=True)
+                print(f"{row['optimizer']:<34} ERROR {row['error']}", flush=True)
                 continue
             print(
-                f"{row['optimizer']:<30} {row['ms']:9.3f} {row['ms_min']:9.3f} "
+                f"{row['optimizer']:<34} {row['ms']:9.3f} {row['ms_min']:9.3f} "
                 f"{row['first_step_s']:8.2f} {mb(row, 'peak_mb')} {mb(row, 'transient_mb')} "
                 f"{mb(row, 'state_mb')}",
                 flush=True,
@@ -380,17 +415,17 @@ def main(argv: list[str] | None = None) -> int:
         dump()
     if "train" in parts:
         print(
-            f"## training step, char transformer\n{'optimizer':<30} {'ms':>9} {'tok/s':>10} "
+            f"## training step, char transformer\n{'optimizer':<34} {'ms':>9} {'tok/s':>10} "
             f"{'peak MB':>9} {'loss0':>7} {'loss':>7}",
             flush=True,
         )
         for row in train_rows(device, args.small, warmup, repeat):
             rows.append(row)
             if "ms" not in row:
-                print(f"{row['optimizer']:<30} ERROR {row.get('error')}", flush=True)
+                print(f"{row['optimizer']:<34} ERROR {row.get('error')}", flush=True)
                 continue
             print(
-                f"{row['optimizer']:<30} {row['ms']:9.3f} {row['tokens_per_s']:10.0f} "
+                f"{row['optimizer']:<34} {row['ms']:9.3f} {row['tokens_per_s']:10.0f} "
                 f"{mb(row, 'peak_mb')} {row['loss_first']:7.3f} {row['loss_last5']:7.3f}"
                 + (f"  ERROR {row['error']}" if "error" in row else ""),
                 flush=True,

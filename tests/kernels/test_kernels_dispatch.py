@@ -144,3 +144,18 @@ def test_forced_triton_without_triton_warns_and_runs_fused(monkeypatch):
     with kernels.backend("triton"), pytest.warns(RuntimeWarning, match="triton"):
         out = kernels.quintic_polar(G, co)
     assert torch.equal(out, kernels.quintic_fused(G, co))
+
+
+def test_compiled_is_not_nested_inside_a_users_compile(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    from normopt.kernels import newton_schulz as kns
+
+    def boom(*a, **k):
+        raise AssertionError("quintic_compiled must not run while compiling")
+
+    monkeypatch.setattr(kns, "quintic_compiled", boom)
+    G = torch.randn(5, 9)
+    co = [(3.4445, -4.7750, 2.0315)] * 5
+    assert torch.equal(
+        kernels.quintic_polar(G, co, backend="compiled"), kernels.quintic_fused(G, co)
+    )

@@ -176,6 +176,7 @@ def test_compiled_with_inductor_on_cpu(cdtype):
     co, scale = coefficients("polar_express")
     G = spectrum_matrix(2, 24, 56, seed=3, dtype=torch.float32)
     out = kernels.quintic_compiled(G, co, scale, compute_dtype=cdtype)
+    assert kernels.compiled_cache_size() == 1  # compiled, not fallen back to eager
     ref = kernels.quintic_fused(G, co, scale, compute_dtype=cdtype)
     tol = SLACK[cdtype] if cdtype == torch.bfloat16 else 1e-4
     assert float((out - ref).abs().max()) <= tol * float(ref.abs().max()) * 10

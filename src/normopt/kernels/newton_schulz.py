@@ -260,6 +260,8 @@ def quintic_polar(
     name = select_backend(G.device) if backend in (None, "auto") else str(backend)
     if name not in BACKENDS:
         raise ValueError(f"backend: unknown backend {name!r}; expected one of {list(BACKENDS)}")
+    if name == "compiled" and torch.compiler.is_compiling():
+        name = "fused"  # inside a user's torch.compile: that compile fuses it already
     if name == "reference":
         return quintic_reference(G, coefficients, norm_scale, eps, compute_dtype)
     if name == "compiled":

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normopt.linalg import POLAR_METHODS, polar
+from normopt import kernels
+from normopt.linalg import POLAR_METHODS, get_schedule, polar
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim.base import NormOptimizer, check_betas, check_bool, check_number, split_view
 
@@ -47,6 +48,10 @@ ADJUST_LR: dict[str, Callable[[int, int], float]] = {
 _ADJUST_ALIASES = {"jordan": "original", "moonlight": "match_rms_adamw", None: "none"}
 
 VARIANTS = (None, "fanion", "f_muon", "s_muon")
+
+# The quintic polar methods that normopt.kernels has fast paths for, with their schedules
+# (as in normopt.linalg.polar; tests/kernels checks that the two agree).
+_QUINTIC_SCHEDULES = {"newton_schulz": "jordan", "polar_express": "polar_express"}
 
 
 def adjust_lr_factor(rule: str | None, d_out: int, d_in: int) -> float:
@@ -252,7 +257,37 @@ class Muon(NormOptimizer):
     def _orthogonalize(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         name = group["polar_dtype"]
         dtype = None if name is None else getattr(torch, name)
-        return polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
+        method = group["polar"]
+        if method in _QUINTIC_SCHEDULES:
+            # A fast path (compiled / fused / Triton) where normopt.kernels picks one (CUDA
+            # only, by default); the reference normopt.linalg.polar everywhere else.
+            backend = kernels.select_backend(stack.device)
+            if backend != "reference":
+                sched = get_schedule(_QUINTIC_SCHEDULES[method])
+                coeffs = [sched.at(i) for i in range(group["ns_steps"])]
+                return kernels.quintic_polar(
+                    stack, coeffs, sched.norm_scale, compute_dtype=dtype, backend=backend
+                )
+        return polar(stack, method, group["ns_steps"], compute_dtype=dtype)
+
+    def _directions(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        # Merged stacks (normopt.kernels.stacking): with a transpose-equivariant direction
+        # (the polar factor and its variants, not a group's own norm), a tall matrix joins
+        # the stack of its transpose. On by default on CUDA only; otherwise the base loop.
+        merge = [kernels.merge_transposed_enabled(p.device) for p in params]
+        if self._kind(group) != "muon" or group.get("norm") is not None or not any(merge):
+            return super()._directions(group, params)
+        buffers = [self._accumulate(p, self._grad(p, group), self.state[p], group) for p in params]
+        shapes = [self._element_shape(p, group) for p in params]
+        keys = [(b.dtype, b.device) for b in buffers]
+        directions: list[Tensor] = [buffers[0]] * len(params)
+        for plan in kernels.plan_stacks(shapes, keys, merge):
+            out = self._direct(kernels.gather(buffers, plan), group)  # (B, *plan.shape)
+            for j, i in enumerate(plan.indices):
+                directions[i] = kernels.scatter_one(out, j, plan, tuple(params[i].shape))
+        return buffers, directions
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         kind = self._kind(group)

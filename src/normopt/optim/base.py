@@ -18,7 +18,6 @@ gradient policy and the state-dict checks live here only.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from normopt import kernels
 from normopt.norms import Norm, from_spec
 
 __all__ = [
@@ -395,30 +395,24 @@ class NormOptimizer(Optimizer):
         the directions of ``plan`` (one ``(group, params, buffers, directions)`` per group)
         in place before any is applied."""
 
-    def _stacks(
-        self, group: dict[str, Any], params: list[Tensor], buffers: list[Tensor]
-    ) -> Iterable[tuple[list[int], Tensor]]:
-        """Group buffers by (element shape, dtype, device); yield (indices, stack)."""
-        by_key: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-        shapes = [self._element_shape(p, group) for p in params]
-        for i, (b, shape) in enumerate(zip(buffers, shapes)):
-            by_key[(shape, b.dtype, b.device)].append(i)
-        for (shape, _, _), idx in by_key.items():
-            if len(idx) == 1:
-                stack = buffers[idx[0]].reshape(1, *shape)
-            else:
-                stack = torch.stack([buffers[i].reshape(shape) for i in idx])  # (B, *shape)
-            yield idx, stack
+    def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
+        """Per parameter, whether a tall element may join the stack of its transpose (only
+        sound for a transpose-equivariant direction map, such as the polar factor)."""
+        return [False] * len(params)
 
     def _directions(
         self, group: dict[str, Any], params: list[Tensor]
     ) -> tuple[list[Tensor], list[Tensor]]:
         buffers = [self._accumulate(p, self._grad(p, group), self.state[p], group) for p in params]
+        # Stacks: buffers of equal element shape, dtype and device, mapped as one batch.
+        shapes = [self._element_shape(p, group) for p in params]
+        keys = [(b.dtype, b.device) for b in buffers]
+        merge = self._merge_transposed(group, params)
         directions: list[Tensor] = [buffers[0]] * len(params)
-        for idx, stack in self._stacks(group, params, buffers):
-            out = self._direct(stack, group)  # (B, *element)
-            for j, i in enumerate(idx):
-                directions[i] = out[j].reshape(params[i].shape)
+        for plan in kernels.plan_stacks(shapes, keys, merge):
+            out = self._direct(kernels.gather(buffers, plan), group)  # (B, *plan.shape)
+            for j, i in enumerate(plan.indices):
+                directions[i] = kernels.scatter_one(out, j, plan, tuple(params[i].shape))
         return buffers, directions
 
     @torch.no_grad()

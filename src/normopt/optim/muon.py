@@ -270,24 +270,13 @@ class Muon(NormOptimizer):
                 )
         return polar(stack, method, group["ns_steps"], compute_dtype=dtype)
 
-    def _directions(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        # Merged stacks (normopt.kernels.stacking): with a transpose-equivariant direction
-        # (the polar factor and its variants, not a group's own norm), a tall matrix joins
-        # the stack of its transpose. On by default on CUDA only; otherwise the base loop.
-        merge = [kernels.merge_transposed_enabled(p.device) for p in params]
-        if self._kind(group) != "muon" or group.get("norm") is not None or not any(merge):
-            return super()._directions(group, params)
-        buffers = [self._accumulate(p, self._grad(p, group), self.state[p], group) for p in params]
-        shapes = [self._element_shape(p, group) for p in params]
-        keys = [(b.dtype, b.device) for b in buffers]
-        directions: list[Tensor] = [buffers[0]] * len(params)
-        for plan in kernels.plan_stacks(shapes, keys, merge):
-            out = self._direct(kernels.gather(buffers, plan), group)  # (B, *plan.shape)
-            for j, i in enumerate(plan.indices):
-                directions[i] = kernels.scatter_one(out, j, plan, tuple(params[i].shape))
-        return buffers, directions
+    def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
+        # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute
+        # with transposition, so a tall matrix may join the stack of its transpose (not a
+        # group with its own norm). On by default on CUDA only.
+        if self._kind(group) != "muon" or group.get("norm") is not None:
+            return [False] * len(params)
+        return [kernels.merge_transposed_enabled(p.device) for p in params]
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         kind = self._kind(group)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from normopt import norms as N
 
-Elem = Union[Tensor, list[Tensor]]  # noqa: UP007  (a runtime alias, read by old-style tools too)
+Elem = Tensor | list[Tensor]  # one tensor, or one tensor per block
 Shape = tuple[Any, ...]  # a tensor shape, or one tensor shape per block
 
 VEC: tuple[Shape, ...] = ((4,), (1,), (7,))
@@ -83,6 +83,11 @@ def cast(norm: N.Norm, a: Elem, dtype: torch.dtype) -> Elem:
 def entry(norm: N.Norm, a: Elem, i: int) -> Elem:
     """Batch entry ``i`` (first batch dim)."""
     return unblocks(norm, [x[i] for x in blocks(norm, a)])
+
+
+def entry_range(norm: N.Norm, a: Elem, n: int) -> Elem:
+    """The first n batch entries."""
+    return unblocks(norm, [x[:n] for x in blocks(norm, a)])
 
 
 def stack(norm: N.Norm, items: Sequence[Elem]) -> Elem:

@@ -82,8 +82,8 @@ def test_random_directions_never_beat_the_dual_norm(case):
 
 @small_case
 def test_gradient_ascent_approaches_the_dual_norm(case):
-    """60 steps from 8 starts: never above; measured gap at most 5e-3 (l1, whose maximizer is a
-    vertex), 1e-3 for most rows; the slow sweep below runs 400 steps."""
+    """60 steps from 8 starts: never above the dual norm, and within 2e-2 of it (measured gaps:
+    1.2e-2 for modular_sum, below 7e-3 for every other row); the slow sweep runs 400 steps."""
     norm = case.make()
     shape = case.small[0]
     g = random_elem(norm, shape, (), "gauss", seed=3)
@@ -114,7 +114,7 @@ KY_FAN_SPECTRA = {
 @pytest.mark.parametrize("spectrum", KY_FAN_SPECTRA.values(), ids=KY_FAN_SPECTRA.keys())
 @pytest.mark.parametrize("norm", [N.KyFan(2), N.KyFanDual(2)], ids=repr)
 def test_ky_fan_brute_force(norm, spectrum):
-    """The derived Ky Fan-2 dual and its dual, on 3x3: ascent gets within 1e-3 (measured <= 5e-4),
+    """The derived Ky Fan-2 dual and its dual, on 3x3: ascent gets within 1e-3 (measured <= 2e-4),
     never above; dualize attains the value with norm 1."""
     g = _with_spectrum(spectrum)
     dual = float(norm.dual_norm(g))

@@ -181,7 +181,10 @@ def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
     amax = X.abs().amax(dim=(-2, -1), keepdim=True)
     X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
     fro = torch.linalg.matrix_norm(X, ord="fro", keepdim=True)
-    return X / (fro * scale + eps)
+    # Now ||X||_F >= 1 unless X = 0, so eps only guards 0 / 0. Adding it instead would
+    # divide G by ||G||_F * scale + eps * max|G_ij|, which breaks NS(Q1 G Q2) = Q1 NS(G) Q2
+    # at the 1e-8 level (max|G_ij| is not orthogonally invariant).
+    return X / (fro * scale).clamp_min(eps)
 
 
 def newton_schulz(
@@ -242,7 +245,11 @@ def gram_newton_schulz(
     final ``Q_K X_0``. After ``restart_after`` steps, ``X`` is formed and ``R``
     recomputed from it, so that round-off accumulated in ``Q`` does not grow
     (the restart of Dao-AILab/gram-newton-schulz). The Gram matrices are kept
-    in at least float32, whatever ``compute_dtype`` is.
+    in at least float32, whatever ``compute_dtype`` is, and so are the products
+    that form ``R`` and apply ``Q``: ``Q`` is a polynomial of high degree in ``R``
+    (entries up to ~1e2), so bf16 rounding of ``R`` or ``Q`` is amplified, and
+    with it singular values reached 1e6 on ill-conditioned inputs. ``X`` itself
+    is stored in ``compute_dtype``.
 
     Mathematically it equals :func:`newton_schulz` with the same schedule.
     """
@@ -263,20 +270,22 @@ def gram_newton_schulz(
     X = _normalize(X, sched.norm_scale, eps)
     m = X.shape[-2]
     eye = torch.eye(m, dtype=gram_dtype, device=X.device)
-    R = (X @ X.mT).to(gram_dtype)  # (..., m, m)
+    Xg = X.to(gram_dtype)
+    R = Xg @ Xg.mT  # (..., m, m)
     Q: Tensor | None = None  # None stands for the identity
     for i in range(steps):
         a, b, c = sched.at(i)
         P = a * eye + b * R + c * (R @ R)  # (..., m, m), a polynomial in R: symmetric
         Q = P if Q is None else P @ Q
         if restart_after is not None and i + 1 == restart_after and i + 1 < steps:
-            X = Q.to(dtype) @ X  # (..., m, n)
-            R = (X @ X.mT).to(gram_dtype)
+            X = (Q @ X.to(gram_dtype)).to(dtype)  # (..., m, n)
+            Xg = X.to(gram_dtype)
+            R = Xg @ Xg.mT
             Q = None
         elif i + 1 < steps:
             R = P @ R @ P
     if Q is not None:
-        X = Q.to(dtype) @ X
+        X = (Q @ X.to(gram_dtype)).to(dtype)
     if transposed:
         X = X.mT
     return X.to(G.dtype)

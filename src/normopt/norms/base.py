@@ -93,7 +93,17 @@ class Norm:
         return type(self) is type(other) and self._kwargs() == other._kwargs()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self._kwargs().items()))))
+        # kwargs may hold nested specs (dicts, lists): Transposed, Modular
+        return hash((type(self).__name__, _freeze(self._kwargs())))
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable copy of a spec value: dicts and lists become sorted tuples and tuples."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
 
 
 _REGISTRY: dict[str, type[Norm]] = {}

@@ -54,6 +54,10 @@ def _work(x: Tensor) -> Tensor:
         raise TypeError(f"complex tensors are not supported (dtype {x.dtype})")
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"sparse tensors are not supported (layout {x.layout}); call .to_dense() first"
+        )
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
@@ -62,6 +66,14 @@ def _unit_scale(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     squares away from overflow (1e30) and underflow (1e-30)."""
     amax = x.abs().amax(dim=dims, keepdim=True)
     return safe_div(x, amax)
+
+
+def _vector_norm(x: Tensor, dim: int | tuple[int, ...], ord: float = 2.0) -> Tensor:
+    """``torch.linalg.vector_norm`` computed on ``x / max|x|``: the powers neither overflow
+    (float32 entries of 1e30 gave inf) nor underflow (entries of 1e-30 gave 0)."""
+    amax = x.abs().amax(dim=dim, keepdim=True)
+    unit = torch.linalg.vector_norm(safe_div(x, amax), ord=ord, dim=dim, keepdim=True)
+    return (unit * amax).squeeze(dim)
 
 
 def _svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,7 +118,7 @@ class L2(Norm):
     ndim = 1
 
     def norm(self, x: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(x), dim=self._reduce_dims(x))
+        return _vector_norm(_work(x), dim=self._reduce_dims(x))
 
     def dual_norm(self, g: Tensor) -> Tensor:
         return self.norm(g)
@@ -138,6 +150,7 @@ class LInf(Norm):
 
     def dualize(self, g: Tensor) -> Tensor:
         self._reduce_dims(g)
+        _work(g)  # rejects integer, complex and sparse tensors
         return torch.sign(g)
 
     def dual(self) -> Norm:
@@ -162,6 +175,7 @@ class L1(Norm):
 
     def dualize(self, g: Tensor) -> Tensor:
         dims = self._reduce_dims(g)
+        _work(g)  # rejects integer, complex and sparse tensors
         flat = g.flatten(start_dim=g.ndim - len(dims))  # (..., n)
         idx = flat.abs().argmax(dim=-1, keepdim=True)
         out = torch.zeros_like(flat)
@@ -207,7 +221,7 @@ class Frobenius(Norm):
     ndim = 2
 
     def norm(self, x: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(_work(x), dim=self._reduce_dims(x))
+        return _vector_norm(_work(x), dim=self._reduce_dims(x))
 
     def dual_norm(self, g: Tensor) -> Tensor:
         return self.norm(g)
@@ -317,7 +331,7 @@ class Schatten(Norm):
 
     @staticmethod
     def _pnorm(s: Tensor, p: float) -> Tensor:
-        return torch.linalg.vector_norm(s, ord=p, dim=-1)
+        return _vector_norm(s, ord=p, dim=-1)
 
     def norm(self, x: Tensor) -> Tensor:
         self._reduce_dims(x)
@@ -519,13 +533,14 @@ class _SliceL2(Norm):
 
     def _slices(self, x: Tensor) -> Tensor:
         self._reduce_dims(x)
-        return torch.linalg.vector_norm(_work(x), dim=self.axis)  # (..., n) or (..., m)
+        return _vector_norm(_work(x), dim=self.axis)  # (..., n) or (..., m)
 
     def _apply(self, lengths: Tensor, outer: str) -> Tensor:
         return lengths.amax(dim=-1) if outer == "max" else lengths.sum(dim=-1)
 
     def norm(self, x: Tensor) -> Tensor:
-        return self._scale(*x.shape[-2:]) * self._apply(self._slices(x), self.outer)
+        lengths = self._slices(x)  # checks the ndim before the shape is read
+        return self._scale(*x.shape[-2:]) * self._apply(lengths, self.outer)
 
     def dual_norm(self, g: Tensor) -> Tensor:
         other = "sum" if self.outer == "max" else "max"
@@ -760,12 +775,15 @@ class Transposed(Norm):
         return f"Transposed({self.inner!r})"
 
     def norm(self, x: Tensor) -> Tensor:
+        self._reduce_dims(x)
         return self.inner.norm(x.mT)
 
     def dual_norm(self, g: Tensor) -> Tensor:
+        self._reduce_dims(g)
         return self.inner.dual_norm(g.mT)
 
     def dualize(self, g: Tensor) -> Tensor:
+        self._reduce_dims(g)
         return self.inner.dualize(g.mT).mT
 
     def dual(self) -> Norm:
@@ -883,12 +901,15 @@ class ModularSum(_Blocks):
 
     def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:  # type: ignore[override]
         self._check(gs)
-        vals = [float(n.dual_norm(g).max()) / w for n, w, g in zip(self.norms, self.scales, gs)]
-        best = max(range(len(vals)), key=vals.__getitem__)
-        return [
-            n.dualize(g) / w if i == best else torch.zeros_like(g)
-            for i, (n, w, g) in enumerate(zip(self.norms, self.scales, gs))
-        ]
+        vals = [n.dual_norm(g) / w for n, w, g in zip(self.norms, self.scales, gs)]
+        # one winner per batch entry (leading dims), the first block on ties
+        best = torch.stack(torch.broadcast_tensors(*vals)).argmax(dim=0)  # batch shape
+        out = []
+        for i, (n, w, g) in enumerate(zip(self.norms, self.scales, gs)):
+            d = n.dualize(g) / w
+            mask = (best == i).reshape(*best.shape, *([1] * n.ndim)).to(d.dtype)
+            out.append(d * mask)
+        return out
 
     def dual(self) -> Norm:
         return Modular([n.dual() for n in self.norms], [1.0 / w for w in self.scales])

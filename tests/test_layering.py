@@ -8,10 +8,11 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "normopt"
 # Lower index = lower layer. A module may import its own layer and those below.
 # norms needs the polar factor: linalg sits under norms in practice (DESIGN.md lists norms
-# first, but a norm's dualize calls linalg.polar). Ranks: linalg < norms.
+# first, but a norm's dualize calls linalg.polar). kernels' references are linalg's own
+# functions, so kernels sits on linalg. Ranks: linalg < norms, kernels.
 RANK = {
     "linalg": 0,
-    "kernels": 0,
+    "kernels": 1,
     "norms": 1,
     "optim": 2,
     "distributed": 3,

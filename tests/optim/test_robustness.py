@@ -376,19 +376,12 @@ def test_degenerate_shapes_and_ranks_give_finite_steps(case):
     assert params[4].shape == empty_before.shape
 
 
-_SVD_TOL = pytest.mark.xfail(
-    reason="linalg.polar_svd drops singular values below max(m, n) * eps(float64) * s_1, but a "
-    "float32 gradient carries rounding noise of ~eps(float32) * s_1 in its zero singular "
-    "values, so the exact polar factor of a float32 rank-one matrix has full rank; the "
-    "tolerance should use the input's dtype",
-    strict=False,
-)
 SPECTRAL_ROWS = [
     "muon",
     "muon-polar-express",
     "muon-gram",
-    pytest.param("sd-spectral-nesterov", marks=_SVD_TOL),
-    pytest.param("lionk-nuclear", marks=_SVD_TOL),
+    "sd-spectral-nesterov",
+    "lionk-nuclear",
 ]
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from normopt.kernels.dispatch import BACKENDS, select_backend
+from normopt.linalg.polar import CoefficientSchedule, _normalize, newton_schulz
 
 __all__ = [
     "Coefficients",
@@ -70,15 +71,6 @@ def default_compute_dtype(G: Tensor, compute_dtype: torch.dtype | None = None) -
     return G.dtype if G.dtype == torch.float64 else torch.float32
 
 
-def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
-    # As normopt.linalg.polar._normalize: divide by the max entry first so that ||X||_F can
-    # neither overflow nor underflow; a zero matrix stays zero.
-    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
-    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)
-    fro = torch.linalg.matrix_norm(X, ord="fro", keepdim=True)
-    return X / (fro * scale + eps)
-
-
 # -- the reference ---------------------------------------------------------------------------
 def quintic_reference(
     G: Tensor,
@@ -87,22 +79,11 @@ def quintic_reference(
     eps: float = 1e-7,
     compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """The quintic iteration in plain torch ops, one step per coefficient triple (the reference)."""
+    """The quintic iteration in plain torch ops, one step per coefficient triple (the reference):
+    :func:`normopt.linalg.newton_schulz` itself, with these coefficients."""
     coeffs = _check(G, coefficients)
-    if G.numel() == 0:
-        return torch.zeros_like(G)
-    X = G.to(default_compute_dtype(G, compute_dtype))
-    transposed = X.shape[-2] > X.shape[-1]
-    if transposed:
-        X = X.mT
-    X = _normalize(X, norm_scale, eps)
-    for a, b, c in coeffs:
-        A = X @ X.mT  # (..., m, m), m <= n
-        B = b * A + c * (A @ A)  # (..., m, m)
-        X = a * X + B @ X  # (..., m, n)
-    if transposed:
-        X = X.mT
-    return X.to(G.dtype)
+    schedule = CoefficientSchedule("custom", coeffs, norm_scale=norm_scale)
+    return newton_schulz(G, len(coeffs), schedule, compute_dtype, eps)
 
 
 # -- fused: the scalars ride in the GEMM epilogues -----------------------------------------------

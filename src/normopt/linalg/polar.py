@@ -152,16 +152,27 @@ def _check_matrix(G: object, name: str = "G") -> Tensor:
 def polar_svd(G: Tensor) -> Tensor:
     """Exact reduced polar factor ``U V^T`` from a float64 SVD (the reference).
 
-    Singular values at or below ``max(m, n) * eps64 * s_max`` (per matrix) are
-    treated as zero, so their singular vectors are dropped.
+    Singular values within the rounding noise of the input count as zero, and
+    their singular vectors are dropped: for float64 input those at or below
+    ``max(m, n) * eps64 * s_max``; for lower precision those at or below
+    ``eps(dtype) * ||G||_F``, the largest spectral norm that rounding each entry
+    to ``dtype`` can add (so the polar factor of a float32 rank-one matrix is
+    rank one, not a rank-one part plus orthogonalized round-off).
     """
     G = _check_matrix(G)
     if G.numel() == 0:
         return torch.zeros_like(G)
     X = G.to(torch.float64)
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-    tol = max(X.shape[-2], X.shape[-1]) * torch.finfo(torch.float64).eps
-    keep = tol * S.amax(dim=-1, keepdim=True) < S
+    tol = (
+        max(X.shape[-2], X.shape[-1])
+        * torch.finfo(torch.float64).eps
+        * S.amax(dim=-1, keepdim=True)
+    )
+    if G.dtype != torch.float64:
+        fro = torch.linalg.vector_norm(S, dim=-1, keepdim=True)  # ||G||_F
+        tol = torch.maximum(tol, torch.finfo(G.dtype).eps * fro)
+    keep = tol < S
     out = (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh
     return out.to(G.dtype)
 

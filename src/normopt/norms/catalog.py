@@ -214,26 +214,11 @@ class EntrywiseL1(L1):
 
 
 @register
-class Frobenius(Norm):
+class Frobenius(L2):
     """Frobenius norm of a matrix. Self-dual; ``dualize(G) = G / ||G||_F``; ``rho = 1``."""
 
     name = "frobenius"
     ndim = 2
-
-    def norm(self, x: Tensor) -> Tensor:
-        return _vector_norm(_work(x), dim=self._reduce_dims(x))
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return self.norm(g)
-
-    def dualize(self, g: Tensor) -> Tensor:
-        return L2.dualize(self, g)  # type: ignore[arg-type]
-
-    def dual(self) -> Norm:
-        return Frobenius()
-
-    def rho(self, shape: Sequence[int]) -> float:
-        return 1.0
 
 
 @register

@@ -161,6 +161,9 @@ class NormOptimizer(Optimizer):
     _global_combine: bool = False
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        # Every optimizer reads a parameter as ``split_view(shape, batch_dims, split)``.
+        defaults.setdefault("batch_dims", 0)
+        defaults.setdefault("split", 1)
         nonfinite = defaults.setdefault("nonfinite", "raise")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(

@@ -113,8 +113,6 @@ class LionK(NormOptimizer):
             weight_decay=weight_decay,
             polar=polar,
             ns_steps=ns_steps,
-            batch_dims=0,
-            split=1,
             nonfinite=nonfinite,
         )
         super().__init__(params, defaults)

@@ -161,8 +161,6 @@ class Muon(NormOptimizer):
             adamw_eps=adamw_eps,
             adamw_weight_decay=adamw_weight_decay,
             nonfinite=nonfinite,
-            batch_dims=0,
-            split=1,
         )
         super().__init__(_muon_groups(params_or_model), defaults)
 

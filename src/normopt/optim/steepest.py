@@ -82,8 +82,6 @@ class SteepestDescent(NormOptimizer):
             modular=bool(modular),
             scale=scale,
             radius=radius,
-            batch_dims=0,
-            split=1,
             nonfinite=nonfinite,
         )
         super().__init__(params, defaults)
@@ -206,7 +204,6 @@ class TrustRegion(NormOptimizer):
             lr=lr,
             alpha=alpha,
             weight_decay=weight_decay,
-            batch_dims=0,
             nonfinite=nonfinite,
         )
         super().__init__(params, defaults)

@@ -10,7 +10,10 @@ from collections.abc import Sequence
 # Each entry names a module with ``register(subparsers)``, which adds its
 # subcommands and sets ``func`` (args -> exit code) on them. A new command is
 # one line here.
-_COMMAND_MODULES = ("normopt.commands.norms",)
+_COMMAND_MODULES = (
+    "normopt.commands.norms",
+    "normopt.experiments.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,27 @@
+"""torch.optim optimizers built from the norm catalog, and parameter routing."""
+
+from normopt.optim.base import NonFiniteGradientError, NormOptimizer
+from normopt.optim.lion import HuberNuclear, Lion, LionK, gradient_of_K
+from normopt.optim.muon import ADJUST_LR, Muon, adjust_lr_factor
+from normopt.optim.mvr import MuonMVR2
+from normopt.optim.routing import Route, classify, describe, param_groups
+from normopt.optim.steepest import SteepestDescent, TrustRegion
+
+__all__ = [
+    "ADJUST_LR",
+    "HuberNuclear",
+    "Lion",
+    "LionK",
+    "Muon",
+    "MuonMVR2",
+    "NonFiniteGradientError",
+    "NormOptimizer",
+    "Route",
+    "SteepestDescent",
+    "TrustRegion",
+    "adjust_lr_factor",
+    "classify",
+    "describe",
+    "gradient_of_K",
+    "param_groups",
+]

@@ -1,0 +1,202 @@
+"""Lion (arXiv 2302.06675) and Lion-K (arXiv 2310.05898): one class, K a convex map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normopt.linalg import polar
+from normopt.norms import L1, Norm, from_spec
+from normopt.optim.base import NormOptimizer, check_betas, check_number, split_view
+
+__all__ = ["LionK", "Lion", "HuberNuclear", "gradient_of_K"]
+
+
+class HuberNuclear:
+    r"""The Huber-smoothed nuclear norm ``K(X) = sum_i h(s_i)``, ``h'(s) = min(s / delta, 1)``.
+
+    ``grad K(X) = U diag(min(s / delta, 1)) V^T``: Muon's polar factor with the
+    small singular values left proportional instead of blown up to 1. As
+    ``delta -> 0`` it becomes the nuclear norm (Lion-K = Muon). A spectral
+    function, so its gradient comes from one SVD (exact, at least float32).
+    """
+
+    name = "huber_nuclear"
+    ndim = 2
+
+    def __init__(self, delta: float) -> None:
+        self.delta = check_number("delta", delta, 0.0, float("inf"), low_open=True)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "delta": self.delta}
+
+    def __repr__(self) -> str:
+        return f"HuberNuclear(delta={self.delta!r})"
+
+    def fit(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        from normopt.norms import Nuclear
+
+        return Nuclear().fit(shape)
+
+    def grad(self, v: Tensor) -> Tensor:
+        x = v if v.dtype in (torch.float32, torch.float64) else v.float()
+        U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+        w = torch.clamp(S / self.delta, max=1.0)
+        return ((U * w.unsqueeze(-2)) @ Vh).to(v.dtype)
+
+
+def _resolve_K(spec: Any) -> Norm | HuberNuclear:
+    if isinstance(spec, Norm | HuberNuclear):
+        return spec
+    if isinstance(spec, dict) and spec.get("name") == HuberNuclear.name:
+        return HuberNuclear(spec["delta"])
+    if isinstance(spec, str) and spec.replace("-", "_") == HuberNuclear.name:
+        raise ValueError("K: 'huber_nuclear' needs delta; pass HuberNuclear(delta)")
+    return from_spec(spec)
+
+
+def gradient_of_K(K: Norm | HuberNuclear, v: Tensor) -> Tensor:
+    """``grad K(v)``: for a norm ``K`` it is the dualize map of the dual norm ``K*``
+    (the maximizer of ``<v, t>`` over the ball of ``K*``); ``sign`` for ``K = l1``,
+    ``U V^T`` for the nuclear norm."""
+    if isinstance(K, HuberNuclear):
+        return K.grad(v)
+    return K.dual().dualize(v)
+
+
+class LionK(NormOptimizer):
+    r"""Lion-K: Lion with the sign replaced by the gradient of a convex map ``K`` (SPEC A8).
+
+    Per tensor (arXiv 2310.05898, Algorithm 1 with the sign conventions of SPEC A8)::
+
+        x_{t+1} = x_t + lr (grad K(beta1 m_t - (1 - beta1) g_t) - wd x_t)
+        m_{t+1} = beta2 m_t - (1 - beta2) g_t
+
+    It solves ``min f(x) + (1/wd) K*(wd x)``; for a norm ``K`` the iterates are
+    driven into the dual-norm ball ``||x||_{K*} <= 1/wd``. ``K = L1()`` is Lion
+    (``||x||_inf <= 1/wd``); ``K = Nuclear()`` gives ``grad K = U V^T``, i.e. Muon
+    without Nesterov's extra term, and ``||X||_2 <= 1/wd`` (Chen, Li and Liu,
+    arXiv 2506.15054); ``K = KyFan(k)`` steps along ``U_k V_k^T`` (the top ``k``
+    singular pairs); ``HuberNuclear(delta)`` is a smoothed nuclear norm. In
+    general ``grad K`` is the dualize map of the norm dual to ``K``.
+
+    For norms whose dual's dualize needs a polar factor (``K = Nuclear()``), the
+    polar method is the dual's default (exact SVD); pass ``polar="newton_schulz"``
+    to use a fast iteration for ``K = Nuclear()``.
+
+    Example:
+        >>> import torch, normopt
+        >>> w = torch.nn.Parameter(torch.randn(5, 3))
+        >>> opt = normopt.LionK([w], K=normopt.norms.Nuclear(), lr=1e-3, weight_decay=0.1)
+        >>> w.square().sum().backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        K: Norm | HuberNuclear | str | dict[str, Any],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        polar: str | None = None,
+        ns_steps: int | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        K_obj = _resolve_K(K)
+        self._K_cache: dict[str, Norm | HuberNuclear] = {}
+        defaults = dict(
+            K=K_obj.spec(),
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, tuple | list) else betas,
+            weight_decay=weight_decay,
+            polar=polar,
+            ns_steps=ns_steps,
+            batch_dims=0,
+            split=1,
+            nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_betas("betas", group["betas"])
+        check_number("weight_decay", group["weight_decay"])
+        K = self._K(group)
+        if group["polar"] is not None and not (isinstance(K, Norm) and K.name == "nuclear"):
+            raise ValueError("polar: only K = Nuclear() uses a polar factor")
+        for p in group["params"]:
+            self._element_shape(p, group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_K_cache", {})
+
+    def _K(self, group: dict[str, Any]) -> Norm | HuberNuclear:
+        key = repr(group["K"])
+        K = self._K_cache.get(key)
+        if K is None:
+            K = self._K_cache[key] = _resolve_K(group["K"])
+        return K
+
+    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+        lead, rest = split_view(tuple(p.shape), group.get("batch_dims", 0), group.get("split", 1))
+        return lead + self._K(group).fit(rest)
+
+    def _accumulate(
+        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> Tensor:
+        b1, b2 = group["betas"]
+        m = self._buffer(state, "momentum_buffer", p)  # m_t (accumulates -g)
+        g = grad.to(m.dtype)
+        v = m * b1 - g * (1.0 - b1)  # beta1 m_t - (1 - beta1) g_t, before m moves
+        m.mul_(b2).add_(g, alpha=-(1.0 - b2))  # m_{t+1} = beta2 m_t - (1 - beta2) g_t
+        return v
+
+    def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
+        K = self._K(group)
+        if group["polar"] is not None:
+            return polar(stack, group["polar"], group["ns_steps"])
+        return gradient_of_K(K, stack)
+
+    def _apply(
+        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        if wd != 0:
+            p.mul_(1.0 - lr * wd)
+        p.add_(direction.to(p.dtype), alpha=lr)
+
+
+class Lion(LionK):
+    r"""Lion (Chen et al., arXiv 2302.06675): sign descent on an interpolated momentum.
+
+    Per tensor::
+
+        c = beta1 m + (1 - beta1) g
+        x <- x - lr (sign(c) + wd x)
+        m <- beta2 m + (1 - beta2) g
+
+    Exactly Lion-K with ``K = L1()`` (the momentum is stored with the opposite
+    sign, as Lion-K writes it). Defaults lr 1e-4, betas (0.9, 0.99); Lion wants a
+    learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
+
+    Example:
+        >>> import torch, normopt
+        >>> w = torch.nn.Parameter(torch.randn(5))
+        >>> opt = normopt.Lion([w], lr=1e-4)
+        >>> w.square().sum().backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            params, K=L1(), lr=lr, betas=betas, weight_decay=weight_decay, nonfinite=nonfinite
+        )

@@ -1,0 +1,236 @@
+"""Steepest descent under any norm (SPEC A1, A2, A10) and Kovalev's trust region (SPEC A3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normopt.norms import Norm
+from normopt.optim.base import NormOptimizer, Plan, check_number, split_view
+
+__all__ = ["SteepestDescent", "TrustRegion"]
+
+
+def _element(optimizer: NormOptimizer, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+    lead, rest = split_view(tuple(p.shape), group.get("batch_dims", 0), group.get("split", 1))
+    return lead + optimizer._norm(group).fit(rest)
+
+
+class SteepestDescent(NormOptimizer):
+    r"""Steepest descent under a chosen norm, per parameter or across layers.
+
+    With momentum ``m = beta m + (1 - beta) g`` (``m = g`` when ``momentum=0``;
+    Nesterov uses ``(1 - beta) g + beta m``), the step on each tensor is
+
+    - ``normalized=False`` (SPEC A1, sharpness ``lambda = 1/lr``):
+      ``W <- (1 - lr wd) W - lr ||m||_dual dualize(m)``. For l2 this is SGD, for
+      l-inf ``lr ||m||_1 sign(m)``, for the spectral norm ``lr tr(S) U V^T``.
+    - ``normalized=True`` (the LMO form): ``W <- (1 - lr wd) W - lr dualize(m)``.
+    - ``radius=R`` (Frank-Wolfe / Scion's constrained form, SPEC A10):
+      ``W <- (1 - lr) W - lr R dualize(m)``: the iterate stays in the ball of radius
+      ``R``. Scion's unconstrained form is ``normalized=True`` with ``lr = gamma R``.
+    - ``modular=True`` (SPEC A2, arXiv 2409.20325 Prop. 7): every parameter is a block
+      with its group's ``norm`` and ``scale`` ``s_l``; the global step
+      ``eta = lr sum_k ||m_k||_dual / s_k`` is shared and each block moves
+      ``-(eta / s_l) dualize(m_l)``, so ``s_l ||D_l|| = eta`` for every block.
+
+    The norm is an object of :mod:`normopt.norms` (per group, key ``norm``); it
+    sees each parameter through ``norm.fit(shape)`` (vector norms flatten, matrix
+    norms reshape to ``(d_out, -1)``); ``batch_dims`` marks leading batch dims.
+
+    Example:
+        >>> import torch, normopt
+        >>> w = torch.nn.Parameter(torch.randn(8, 4))
+        >>> opt = normopt.SteepestDescent([w], norm=normopt.norms.Spectral(), lr=0.1, normalized=True)
+        >>> w.square().sum().backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        norm: Norm | str | dict[str, Any],
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        normalized: bool = False,
+        modular: bool = False,
+        scale: float = 1.0,
+        radius: float | None = None,
+        nonfinite: str = "raise",
+    ) -> None:
+        if isinstance(norm, Norm | str):
+            from normopt.norms import from_spec
+
+            norm = from_spec(norm).spec()
+        self._global_combine = bool(modular)
+        defaults = dict(
+            norm=norm,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            normalized=normalized,
+            modular=bool(modular),
+            scale=scale,
+            radius=radius,
+            batch_dims=0,
+            split=1,
+            nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
+        check_number("weight_decay", group["weight_decay"])
+        check_number("scale", group["scale"], 0.0, math.inf, low_open=True)
+        if group["radius"] is not None:
+            check_number("radius", group["radius"], 0.0, math.inf, low_open=True)
+            check_number("lr", group["lr"], 0.0, 1.0)  # (1 - lr) W stays a convex combination
+            if group["modular"]:
+                raise ValueError("radius: the constrained form and modular=True do not combine")
+        if group["nesterov"] and group["momentum"] == 0:
+            raise ValueError("nesterov: needs momentum > 0")
+        if bool(group["modular"]) != self._global_combine:
+            raise ValueError("modular: must be the same for every param group")
+        for p in group["params"]:
+            _element(self, p, group)  # raises when the norm does not fit the tensor
+
+    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+        return _element(self, p, group)
+
+    def _accumulate(
+        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> Tensor:
+        beta = group["momentum"]
+        if beta == 0:
+            return (
+                grad if grad.dtype == self._state_dtype_of(p) else grad.to(self._state_dtype_of(p))
+            )
+        buf = self._buffer(state, "momentum_buffer", p)
+        g = grad.to(buf.dtype)
+        buf.lerp_(g, 1.0 - beta)
+        return g.lerp(buf, beta) if group["nesterov"] else buf
+
+    @staticmethod
+    def _state_dtype_of(p: Tensor) -> torch.dtype:
+        return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+
+    def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
+        norm = self._norm(group)
+        d = norm.dualize(stack)  # (B, *element)
+        if group["normalized"] or group["radius"] is not None or group["modular"]:
+            return d  # the modular step scales it in _combine
+        dual = norm.dual_norm(stack)  # (B, *batch): one ||m||_dual per element
+        return d * dual.reshape(*dual.shape, *([1] * (d.ndim - dual.ndim)))
+
+    def _combine(self, plan: list[Plan]) -> None:
+        # SPEC A2: eta = sum_k ||m_k||_dual / s_k over every block of every group (lr is
+        # applied in _apply); block l moves -(lr eta / s_l) dualize(m_l).
+        eta = 0.0
+        for group, params, buffers, _ in plan:
+            if group["normalized"]:
+                continue
+            norm = self._norm(group)
+            for p, m in zip(params, buffers):
+                eta += (
+                    float(norm.dual_norm(m.reshape(self._element_shape(p, group))).sum())
+                    / group["scale"]
+                )
+        for group, _, _, directions in plan:
+            factor = (1.0 if group["normalized"] else eta) / group["scale"]
+            for i, d in enumerate(directions):
+                directions[i] = d * factor
+
+    def _apply(
+        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        lr, radius = group["lr"], group["radius"]
+        if radius is not None:
+            p.mul_(1.0 - lr).add_(direction.to(p.dtype), alpha=-lr * radius)
+            return
+        if group["weight_decay"] != 0:
+            p.mul_(1.0 - lr * group["weight_decay"])
+        p.add_(direction.to(p.dtype), alpha=-lr)
+
+
+class TrustRegion(NormOptimizer):
+    r"""Kovalev's non-Euclidean trust region with momentum (arXiv 2503.12645, Algorithm 1).
+
+    For every tensor, with ``m_0 = g_0`` (the first gradient)::
+
+        m_{k+1} = (1 - alpha) m_k + alpha g_k          (momentum first: his Lemma 3)
+        x_{k+1} = argmin <m_{k+1}, x>  s.t.  ||x - c_k|| <= lr
+                = c_k - lr dualize(m_{k+1}),   c_k = (1 - weight_decay) x_k
+
+    ``weight_decay = 0`` is the paper's Algorithm 1; a positive value is the
+    variant with the ball centred at ``(1 - lambda) x_k`` (later versions of the
+    paper; not verified against its text here). Note ``weight_decay`` is *not*
+    multiplied by ``lr`` here, unlike AdamW-style decoupled decay. The Frobenius
+    norm gives normalized SGD with momentum, l-inf signSGD with momentum, the
+    spectral norm Muon. ``lr`` is the trust-region radius ``eta``; pair it with
+    :func:`normopt.theory.kovalev_schedule` to set ``eta``, ``alpha`` and the
+    step count from the constants of the norm.
+
+    Example:
+        >>> import torch, normopt
+        >>> w = torch.nn.Parameter(torch.randn(6, 3))
+        >>> opt = normopt.TrustRegion([w], norm=normopt.norms.Spectral(), lr=0.05, alpha=0.1)
+        >>> w.square().sum().backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        norm: Norm | str | dict[str, Any],
+        lr: float,
+        alpha: float,
+        weight_decay: float = 0.0,
+        nonfinite: str = "raise",
+    ) -> None:
+        if isinstance(norm, Norm | str):
+            from normopt.norms import from_spec
+
+            norm = from_spec(norm).spec()
+        defaults = dict(
+            norm=norm,
+            lr=lr,
+            alpha=alpha,
+            weight_decay=weight_decay,
+            batch_dims=0,
+            nonfinite=nonfinite,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_number("alpha", group["alpha"], 0.0, 1.0, low_open=True)
+        check_number("weight_decay", group["weight_decay"], 0.0, 1.0)
+        for p in group["params"]:
+            _element(self, p, group)
+
+    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+        return _element(self, p, group)
+
+    def _accumulate(
+        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> Tensor:
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = grad.to(SteepestDescent._state_dtype_of(p)).clone()
+            return state["momentum_buffer"]  # m_0 = g(x_0)
+        buf = state["momentum_buffer"]
+        return buf.lerp_(grad.to(buf.dtype), group["alpha"])
+
+    def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
+        return self._norm(group).dualize(stack)
+
+    def _apply(
+        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
+    ) -> None:
+        if group["weight_decay"] != 0:
+            p.mul_(1.0 - group["weight_decay"])
+        p.add_(direction.to(p.dtype), alpha=-group["lr"])

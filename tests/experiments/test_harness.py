@@ -96,6 +96,51 @@ def test_registry_takes_a_hybrid_in_one_entry():
         del OPTIMIZERS["test-hybrid"]
 
 
+def test_schedule_reaches_every_lr_of_a_hybrid_optimizer():
+    """normopt.Muon keeps its AdamW half's rate in "adamw_lr": the schedule scales it too."""
+    import normopt
+
+    made = []
+
+    @register_optimizer("test-capture", lr=0.02, summary="normopt.Muon, kept for inspection")
+    def _capture(model, lr, cfg):
+        made.append(normopt.Muon(model, lr=lr, adamw_lr=cfg.adamw_lr))
+        return made[-1]
+
+    try:
+        problem = get_task("synthetic").setup(CPU)
+        cfg = C.resolve(
+            C.CompareConfig(task="synthetic", optimizers=("test-capture",), steps=4, warmup=0.0)
+        )
+        train(problem, "test-capture", 0.02, 0, cfg, CPU, problem.val_batches(32))
+        factor = lr_factor(3, 4, 0.0, "cosine")
+        for group in made[0].param_groups:
+            assert group["lr"] == pytest.approx(0.02 * factor)
+            assert group["adamw_lr"] == pytest.approx(cfg.adamw_lr * factor)
+            assert group["adjust_lr"] == "original"  # a string that ends in _lr: untouched
+    finally:
+        del OPTIMIZERS["test-capture"]
+
+
+def test_nonfinite_gradient_error_means_diverged():
+    import normopt
+
+    class Refuses(torch.optim.SGD):
+        def step(self, closure=None):
+            raise normopt.NonFiniteGradientError("gradient of w holds NaN")
+
+    register_optimizer("test-refuses", lr=0.1, summary="raises")(
+        lambda model, lr, cfg: Refuses(model.parameters(), lr=lr)
+    )
+    try:
+        problem = get_task("synthetic").setup(CPU)
+        cfg = C.resolve(C.CompareConfig(task="synthetic", optimizers=("test-refuses",), steps=5))
+        run = train(problem, "test-refuses", 0.1, 0, cfg, CPU, problem.val_batches(32))
+        assert run.diverged and run.final_val_loss == math.inf and run.train_loss == []
+    finally:
+        del OPTIMIZERS["test-refuses"]
+
+
 def test_device_auto():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -126,7 +171,7 @@ def test_compare_end_to_end_and_rerun_from_config(tmp_path, capsys):
     assert "| torch-muon |" in (out / "summary.md").read_text()
 
     config = json.loads((out / "config.json").read_text())
-    assert config["steps"] == 12 and config["lr"] == {"adamw": 0.01, "torch-muon": 0.05}
+    assert config["steps"] == 12 and config["lr"] == {"adamw": 0.02, "torch-muon": 0.05}
     again = tmp_path / "again"
     assert (
         main(["compare", "--config", str(out / "config.json"), "--out", str(again), "--quiet"]) == 0
@@ -139,7 +184,7 @@ def test_compare_end_to_end_and_rerun_from_config(tmp_path, capsys):
 
 def test_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = ["sweep", "--task", "synthetic", "--optimizers", "adamw,sgd", "--steps", "10",
+    argv = ["sweep", "--task", "synthetic", "--optimizers", "adamw,muon", "--steps", "10",
             "--lr-factors", "0.5,1,2", "--seeds", "2", "--basin", "5%", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     assert "within 5% of the best" in capsys.readouterr().out
@@ -152,4 +197,4 @@ def test_sweep_end_to_end(tmp_path, capsys):
         b = s["basin"]
         assert all(math.isfinite(b[k]) for k in ("best_lr", "best_loss", "lo", "hi", "width"))
         assert b["lo"] <= b["best_lr"] <= b["hi"]
-    assert [p["lr"] for p in metrics["summary"][0]["points"]] == pytest.approx([0.005, 0.01, 0.02])
+    assert [p["lr"] for p in metrics["summary"][0]["points"]] == pytest.approx([0.01, 0.02, 0.04])

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+import normopt
 from normopt.experiments.config import (
     CompareConfig,
     SweepConfig,
@@ -25,7 +26,7 @@ from normopt.experiments.config import (
     to_dict,
 )
 from normopt.experiments.report import environment
-from normopt.experiments.tasks import get_task
+from normopt.experiments.tasks import Problem, get_task
 from normopt.experiments.train import RunResult, train
 
 
@@ -54,7 +55,7 @@ def _progress(total: int, quiet: bool) -> Any:
 
 def _run_all(
     cfg: TrainConfig, plan: Sequence[tuple[str, float, int]], quiet: bool
-) -> tuple[list[RunResult], torch.device]:
+) -> tuple[list[RunResult], torch.device, Problem]:
     """Train every (optimizer, lr, seed) of ``plan`` on one loaded problem."""
     assert cfg.steps is not None
     if cfg.threads:
@@ -79,7 +80,7 @@ def _run_all(
             run = train(problem, optimizer, lr, seed, cfg, device, val_batches, on_step)
             bar.update(cfg.steps - len(run.train_loss))  # the steps a diverged run skipped
             runs.append(run)
-    return runs, device
+    return runs, device, problem
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -152,7 +153,7 @@ def run_compare(cfg: CompareConfig, quiet: bool = False) -> dict[str, Any]:
     """Every optimizer of ``cfg`` for every seed, from the same inits and data order."""
     cfg = resolve(cfg)
     plan = [(opt, cfg.lr[opt], seed) for opt in cfg.optimizers for seed in range(cfg.seeds)]
-    runs, device = _run_all(cfg, plan, quiet)
+    runs, device, problem = _run_all(cfg, plan, quiet)
 
     by_opt = {opt: [r for r in runs if r.optimizer == opt] for opt in cfg.optimizers}
     summary: list[dict[str, Any]] = []
@@ -188,6 +189,8 @@ def run_compare(cfg: CompareConfig, quiet: bool = False) -> dict[str, Any]:
         "environment": environment(device),
         "task": _task_info(cfg.task),
         "reference": {"optimizer": cfg.reference if reference else None, "val_loss": target},
+        # who gets what under normopt.Muon's routing, for the record
+        "routing": normopt.describe(problem.model()),
         "summary": summary,
         "runs": [run_result_dict(r) for r in runs],
     }
@@ -242,7 +245,7 @@ def run_sweep(cfg: SweepConfig, quiet: bool = False) -> dict[str, Any]:
     cfg = resolve(cfg)
     grids = {opt: sweep_grid(cfg, opt) for opt in cfg.optimizers}
     plan = [(opt, lr, s) for opt in cfg.optimizers for lr in grids[opt] for s in range(cfg.seeds)]
-    runs, device = _run_all(cfg, plan, quiet)
+    runs, device, _ = _run_all(cfg, plan, quiet)
 
     summary: list[dict[str, Any]] = []
     for opt in cfg.optimizers:

@@ -76,7 +76,7 @@ class TrainConfig:
     )
     out: str | None = field(
         default=None,
-        metadata=_help("report folder (default normopt-reports/<command>-<task>-<time>)"),
+        metadata=_help("report folder (default reports/<command>-<task>-<time>)"),
     )
 
     def __post_init__(self) -> None:

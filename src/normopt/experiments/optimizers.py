@@ -190,3 +190,22 @@ def _lion(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     return normopt.Lion(  # type: ignore[attr-defined]
         decay_groups(model.parameters(), cfg.weight_decay), lr=lr
     )
+
+
+@register_optimizer(
+    "sign",
+    lr=1e-3,
+    summary="normopt.SteepestDescent under l-inf, normalized: sign of Nesterov momentum 0.9",
+    requires="SteepestDescent",
+)
+def _sign(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.SteepestDescent(
+        decay_groups(model.parameters(), cfg.weight_decay),
+        norm=normopt.norms.LInf(),
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+        normalized=True,
+    )

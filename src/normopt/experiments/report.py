@@ -253,7 +253,7 @@ def _jsonable(x: Any) -> Any:
 
 def default_out(command: str, task: str) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("normopt-reports") / f"{command}-{task}-{stamp}"
+    return Path("reports") / f"{command}-{task}-{stamp}"
 
 
 def _header(metrics: dict[str, Any], out: Path) -> list[str]:
@@ -296,6 +296,16 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
         "![loss vs step](loss_vs_step.png)",
         "",
         "![loss vs time](loss_vs_time.png)",
+        "",
+        "## Routing of `normopt.Muon(model)` (`normopt.describe`)",
+        "",
+        "Hidden matrices get Muon; embeddings, the head (tied to the token embedding in the "
+        "GPT), gains and biases get AdamW. torch-muon uses the same split, except that "
+        "torch.optim.Muon takes 2-D tensors only: conv kernels go to its AdamW.",
+        "",
+        "```",
+        metrics["routing"],
+        "```",
         "",
     ]
     (out / "summary.md").write_text("\n".join(lines))

@@ -180,7 +180,14 @@ TASKS: dict[str, Task] = {
             eval_every=20,
             sweep_steps=300,
             setup=_digits,
-            lrs={"adamw": 3e-3, "torch-muon": 0.05, "muon": 0.05, "lion": 3e-4, "sgd": 0.1},
+            lrs={
+                "adamw": 0.02,
+                "torch-muon": 0.025,
+                "muon": 0.025,
+                "lion": 1.5e-3,
+                "sign": 2e-3,
+                "sgd": 0.1,
+            },
         ),
         Task(
             "fashion-mnist",
@@ -203,7 +210,14 @@ TASKS: dict[str, Task] = {
             eval_every=10,
             sweep_steps=30,
             setup=_synthetic,
-            lrs={"adamw": 1e-2, "torch-muon": 0.05, "muon": 0.05, "lion": 1e-3, "sgd": 0.1},
+            lrs={
+                "adamw": 0.02,
+                "torch-muon": 0.05,
+                "muon": 0.05,
+                "lion": 8e-3,
+                "sign": 8e-3,
+                "sgd": 0.2,
+            },
         ),
     )
 }

@@ -169,7 +169,7 @@ TASKS: dict[str, Task] = {
             eval_every=25,
             sweep_steps=100,
             setup=_shakespeare,
-            lrs={"adamw": 3e-3, "torch-muon": 0.05, "muon": 0.05, "lion": 3e-4, "sgd": 0.3},
+            lrs={"adamw": 2e-3, "torch-muon": 0.04, "muon": 0.04, "lion": 4e-4},
         ),
         Task(
             "digits",
@@ -199,7 +199,7 @@ TASKS: dict[str, Task] = {
             eval_every=50,
             sweep_steps=200,
             setup=_fashion,
-            lrs={"adamw": 3e-3, "torch-muon": 0.05, "muon": 0.05, "lion": 3e-4, "sgd": 0.1},
+            lrs={"adamw": 0.02, "torch-muon": 0.06, "muon": 0.06, "lion": 4e-3},
         ),
         Task(
             "synthetic",

@@ -32,8 +32,8 @@ def test_resolve_fills_task_defaults():
     cfg = C.resolve(
         C.CompareConfig(task="digits", optimizers=("adamw", "torch-muon"), lr={"adamw": 1e-3})
     )
-    assert (cfg.steps, cfg.batch_size, cfg.eval_every) == (600, 64, 20)
-    assert dict(cfg.lr) == {"adamw": 1e-3, "torch-muon": 0.025}
+    assert (cfg.steps, cfg.batch_size, cfg.eval_every) == (300, 64, 10)
+    assert dict(cfg.lr) == {"adamw": 1e-3, "torch-muon": 0.0125}
     assert cfg.adamw_lr == 1e-3  # the AdamW half of hybrids follows an explicit adamw lr
     assert C.resolve(C.SweepConfig(task="digits", optimizers=("adamw",))).steps == 300
 

@@ -157,17 +157,23 @@ def _colors(names: Sequence[str]) -> dict[str, Any]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _styles(names: Sequence[str]) -> dict[str, str]:
+    # Line styles too: near-identical optimizers (muon, torch-muon) stay distinguishable.
+    return {n: ("-", "--", "-.", ":")[i % 4] for i, n in enumerate(names)}
+
+
 def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
     """Training (smoothed) and validation loss vs step or vs training seconds, per optimizer."""
     fig = _figure(2)
     ax_train, ax_val = fig.subplots(1, 2)
     names = [s["optimizer"] for s in metrics["summary"]]
-    colors = _colors(names)
+    colors, styles = _colors(names), _styles(names)
     steps = metrics["config"]["steps"]
     window = max(1, steps // 50)
     lows = {ax_train: math.inf, ax_val: math.inf}
     for run in metrics["runs"]:
-        c, label = colors[run["optimizer"]], run["optimizer"] if run["seed"] == 0 else None
+        c, ls = colors[run["optimizer"]], styles[run["optimizer"]]
+        label = run["optimizer"] if run["seed"] == 0 else None
         loss = _smooth(run["train_loss"], window)
         if x_axis == "step":
             x = list(range(1, len(loss) + 1))
@@ -176,10 +182,18 @@ def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
             for dt in run["step_time"]:
                 t += dt
                 x.append(t)
-        ax_train.plot(x, loss, color=c, lw=1.2, alpha=0.85, label=label)
+        ax_train.plot(x, loss, color=c, ls=ls, lw=1.2, alpha=0.85, label=label)
         ev = run["eval"]
         ax_val.plot(
-            ev[x_axis], ev["val_loss"], color=c, lw=1.2, marker=".", ms=3, alpha=0.85, label=label
+            ev[x_axis],
+            ev["val_loss"],
+            color=c,
+            ls=ls,
+            lw=1.2,
+            marker=".",
+            ms=3,
+            alpha=0.85,
+            label=label,
         )
         lows[ax_train] = min([lows[ax_train], *(v for v in loss if math.isfinite(v))])
         lows[ax_val] = min([lows[ax_val], *(v for v in ev["val_loss"] if math.isfinite(v))])
@@ -187,8 +201,12 @@ def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
     top = max(r["eval"]["val_loss"][0] for r in metrics["runs"])
     for ax, low in lows.items():
         if math.isfinite(low) and math.isfinite(top) and top > low:
-            pad = 0.04 * (top - low)
-            ax.set_ylim(low - pad, top + pad)
+            if low > 0 and top / low > 10:  # losses near 0 (classifiers): a log axis
+                ax.set_yscale("log")
+                ax.set_ylim(low / 1.2, top * 1.2)
+            else:
+                pad = 0.04 * (top - low)
+                ax.set_ylim(low - pad, top + pad)
     xlabel = "step" if x_axis == "step" else "training seconds (validation excluded)"
     ax_train.set(
         title=f"train loss (mean over {window} steps)", xlabel=xlabel, ylabel="loss (nats)"

@@ -74,6 +74,9 @@ def test_basin_and_time_to_target():
     assert b["octaves"] == 2.0 and not b["open_low"] and not b["open_high"]
     assert basin(lrs, [0.6, 0.61, 0.7, 0.6, 0.6], "5%")["hi"] == 0.02  # contiguous from the best
     assert math.isnan(basin(lrs, [math.inf] * 5, "+0.05")["width"])
+    ref = basin(lrs, [1.0, 0.62, 0.6, 0.64, math.inf], threshold=0.63)
+    assert (ref["lo"], ref["hi"]) == (0.02, 0.04)
+    assert math.isnan(basin(lrs, [0.7] * 5, threshold=0.63)["width"])  # never gets there
     curve = {"step": [0, 10, 20], "time": [0.0, 1.0, 2.0], "val_loss": [2.0, 1.5, 1.2]}
     assert time_to_target(curve, 1.5) == (10, 1.0)
     assert all(math.isnan(v) for v in time_to_target(curve, 1.0))
@@ -197,4 +200,7 @@ def test_sweep_end_to_end(tmp_path, capsys):
         b = s["basin"]
         assert all(math.isfinite(b[k]) for k in ("best_lr", "best_loss", "lo", "hi", "width"))
         assert b["lo"] <= b["best_lr"] <= b["hi"]
+    assert metrics["reference"]["optimizer"] == "adamw"
+    adamw = metrics["summary"][0]
+    assert adamw["beats_reference"]["best_lr"] == adamw["basin"]["best_lr"]
     assert [p["lr"] for p in metrics["summary"][0]["points"]] == pytest.approx([0.01, 0.02, 0.04])

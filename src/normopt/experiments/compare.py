@@ -206,38 +206,42 @@ def sweep_grid(cfg: SweepConfig, optimizer: str) -> list[float]:
     return sorted(cfg.lr[optimizer] * f for f in cfg.lr_factors)
 
 
-def basin(lrs: Sequence[float], losses: Sequence[float], margin: str) -> dict[str, Any]:
-    """The contiguous run of grid LRs around the best whose loss is within ``margin``.
+def basin(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    margin: str | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """The contiguous run of grid LRs around the best whose loss is within ``margin`` of the
+    best (``"+0.05"`` nats or ``"5%"``), or at most ``threshold`` when that is given.
 
-    ``width`` is hi / lo (1.0 for a single point); ``open_low`` / ``open_high`` say
-    the basin reaches the end of the grid, so the true width is at least ``width``.
+    ``width`` is hi / lo (1.0 for a single point; nan when no LR qualifies);
+    ``open_low`` / ``open_high`` say the run reaches the end of the grid, so the true width
+    is at least ``width``.
     """
     finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
-    if not finite:
-        return {"best_lr": math.nan, "best_loss": math.inf, "lo": math.nan, "hi": math.nan,
-                "width": math.nan, "octaves": math.nan, "open_low": False, "open_high": False,
-                "threshold": math.nan}  # fmt: skip
-    value, relative = parse_basin(margin)
-    i_best = min(finite, key=lambda i: losses[i])
-    best = losses[i_best]
-    threshold = best * (1 + value) if relative else best + value
+    i_best = min(finite, key=lambda i: losses[i]) if finite else None
+    best = losses[i_best] if i_best is not None else math.inf
+    if threshold is None:
+        value, relative = parse_basin(margin or "+0")
+        threshold = best * (1 + value) if relative else best + value
+    out = {"best_lr": math.nan, "best_loss": best, "threshold": threshold, "lo": math.nan,
+           "hi": math.nan, "width": math.nan, "octaves": math.nan, "open_low": False,
+           "open_high": False}  # fmt: skip
+    if i_best is None:
+        return out
+    out["best_lr"] = lrs[i_best]
+    if not best <= threshold:
+        return out
     lo = hi = i_best
     while lo > 0 and losses[lo - 1] <= threshold:
         lo -= 1
     while hi < len(lrs) - 1 and losses[hi + 1] <= threshold:
         hi += 1
     width = lrs[hi] / lrs[lo]
-    return {
-        "best_lr": lrs[i_best],
-        "best_loss": best,
-        "threshold": threshold,
-        "lo": lrs[lo],
-        "hi": lrs[hi],
-        "width": width,
-        "octaves": math.log2(width),
-        "open_low": lo == 0,
-        "open_high": hi == len(lrs) - 1,
-    }
+    out.update(lo=lrs[lo], hi=lrs[hi], width=width, octaves=math.log2(width))
+    out.update(open_low=lo == 0, open_high=hi == len(lrs) - 1)
+    return out
 
 
 def run_sweep(cfg: SweepConfig, quiet: bool = False) -> dict[str, Any]:
@@ -263,12 +267,24 @@ def run_sweep(cfg: SweepConfig, quiet: bool = False) -> dict[str, Any]:
         summary.append(
             {"optimizer": opt, "points": points, "basin": basin(grids[opt], losses, cfg.basin)}
         )
+    # A second, reference-relative width: the LRs at which an optimizer ends at or below the
+    # best final loss the reference (AdamW) reached anywhere on its own grid.
+    reference = next((s for s in summary if s["optimizer"] == cfg.reference), None)
+    ref_best = reference["basin"]["best_loss"] if reference else math.nan
+    for s in summary:
+        losses = [p["final_val_loss"]["mean"] for p in s["points"]]
+        s["beats_reference"] = (
+            basin(grids[s["optimizer"]], losses, threshold=ref_best)
+            if math.isfinite(ref_best)
+            else None
+        )
     return {
         "command": "sweep",
         "config": to_dict(cfg),
         "environment": environment(device),
         "task": _task_info(cfg.task),
         "basin_rule": describe_basin(cfg.basin),
+        "reference": {"optimizer": cfg.reference if reference else None, "best_loss": ref_best},
         "initial_val_loss": statistics.fmean(r.val_loss[0] for r in runs),
         "summary": summary,
         "runs": [run_result_dict(r) for r in runs],

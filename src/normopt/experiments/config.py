@@ -74,6 +74,13 @@ class TrainConfig:
     device: str = field(
         default="auto", metadata=_help("auto (a GPU when present), cpu, cuda, cuda:N")
     )
+    reference: str = field(
+        default="adamw",
+        metadata=_help(
+            "compare: the optimizer whose final val loss the others race to; sweep: whose best "
+            "final val loss the others' LR ranges are measured against (if listed)"
+        ),
+    )
     out: str | None = field(
         default=None,
         metadata=_help("report folder (default reports/<command>-<task>-<time>)"),
@@ -112,6 +119,10 @@ class TrainConfig:
             raise ValueError(f"--warmup: a fraction of the steps in [0, 1), got {self.warmup}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if self.reference not in OPTIMIZERS:
+            raise ValueError(
+                f"--reference: unknown optimizer {self.reference!r}; known: {', '.join(OPTIMIZERS)}"
+            )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(
                 f"--device: expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
@@ -121,18 +132,6 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CompareConfig(TrainConfig):
     """``normopt compare``: every optimizer on the same inits and data, curves and a table."""
-
-    reference: str = field(
-        default="adamw",
-        metadata=_help("the optimizer whose final val loss the others race to (if listed)"),
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reference not in OPTIMIZERS:
-            raise ValueError(
-                f"--reference: unknown optimizer {self.reference!r}; known: {', '.join(OPTIMIZERS)}"
-            )
 
 
 @dataclass(frozen=True)

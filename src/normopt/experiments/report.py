@@ -102,19 +102,25 @@ def _basin_text(b: dict[str, Any]) -> str:
 
 
 def sweep_table(metrics: dict[str, Any], markdown: bool = False) -> str:
-    header = ["optimizer", "best lr", "best final val", "basin (lo … hi, width)", "diverged runs"]
+    ref = metrics["reference"]["optimizer"]
+    header = ["optimizer", "best lr", "best final val", "basin (lo … hi, width)"]
+    if ref:
+        header.append(f"LRs at or below {ref}'s best")
+    header.append("diverged runs")
     rows = []
     for s in metrics["summary"]:
         b = s["basin"]
-        rows.append(
-            [
-                s["optimizer"],
-                f"{b['best_lr']:.3g}" if math.isfinite(b["best_lr"]) else "—",
-                _g(b["best_loss"]),
-                _basin_text(b),
-                f"{sum(p['diverged'] for p in s['points'])}/{sum(p['final_val_loss']['n'] for p in s['points'])}",
-            ]
-        )
+        row = [
+            s["optimizer"],
+            f"{b['best_lr']:.3g}" if math.isfinite(b["best_lr"]) else "—",
+            _g(b["best_loss"]),
+            _basin_text(b),
+        ]
+        if ref:
+            row.append(_basin_text(s["beats_reference"]) if s["beats_reference"] else "—")
+        runs = sum(p["final_val_loss"]["n"] for p in s["points"])
+        row.append(f"{sum(p['diverged'] for p in s['points'])}/{runs}")
+        rows.append(row)
     return _table(header, rows, markdown)
 
 
@@ -245,6 +251,9 @@ def plot_sweep(metrics: dict[str, Any], path: Path) -> None:
         if math.isfinite(b["width"]):
             ax.axvspan(b["lo"], b["hi"], color=c, alpha=0.10)
             ax.hlines(b["threshold"], b["lo"], b["hi"], colors=[c], linestyles="dashed", lw=1)
+    ref = metrics["reference"]
+    if ref["optimizer"] and math.isfinite(ref["best_loss"] or math.nan):
+        ax.axhline(ref["best_loss"], color="gray", ls=":", lw=1, label=f"{ref['optimizer']}'s best")
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="final validation loss (nats)",
            title=f"{metrics['task']['name']}: LR sweep, {metrics['config']['steps']} steps, "
@@ -339,6 +348,16 @@ def write_sweep_report(metrics: dict[str, Any], out: Path) -> None:
         f"final validation loss is {metrics['basin_rule']}; width = hi / lo "
         "(≥ when the basin reaches the end of the grid). A diverged run counts as outside.",
         "",
+    ]
+    if metrics["reference"]["optimizer"]:
+        lines += [
+            f"LRs at or below {metrics['reference']['optimizer']}'s best: the contiguous range "
+            "around an optimizer's best whose seed-mean final loss is at or below the best "
+            f"that {metrics['reference']['optimizer']} reached anywhere on its grid "
+            f"({_g(metrics['reference']['best_loss'])}); — when it never gets there.",
+            "",
+        ]
+    lines += [
         sweep_table(metrics, markdown=True),
         "",
         "![final loss vs lr](sweep.png)",

@@ -143,7 +143,7 @@ def sweep_grid_table(metrics: dict[str, Any]) -> str:
 def _figure(ncols: int) -> Any:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    return Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+    return Figure(figsize=(5.5 * ncols if ncols > 1 else 7.0, 4.5), layout="constrained")
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
@@ -257,10 +257,11 @@ def plot_sweep(metrics: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel="final validation loss (nats)",
            title=f"{metrics['task']['name']}: LR sweep, {metrics['config']['steps']} steps, "
-                 f"{metrics['config']['seeds']} seed(s); basin = {metrics['basin_rule']}")  # fmt: skip
-    ax.title.set_fontsize(9)
+                 f"{metrics['config']['seeds']} seed(s)\nshaded: basin, {metrics['basin_rule']}")  # fmt: skip
+    ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="× at top: diverged")
+    diverged = any(p["diverged"] for s in metrics["summary"] for p in s["points"])
+    ax.legend(title="× at top: diverged" if diverged else None)
     fig.savefig(path, dpi=110)
 
 

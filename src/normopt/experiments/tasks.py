@@ -169,7 +169,7 @@ TASKS: dict[str, Task] = {
             eval_every=25,
             sweep_steps=100,
             setup=_shakespeare,
-            lrs={"adamw": 2e-3, "torch-muon": 0.04, "muon": 0.04, "lion": 4e-4},
+            lrs={"adamw": 4e-3, "torch-muon": 0.02, "muon": 0.02, "lion": 4e-4},
         ),
         Task(
             "digits",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES = (
     "normopt.commands.norms",
     "normopt.commands.theory",
+    "normopt.experiments.cli",
 )
 
 

@@ -1,0 +1,164 @@
+"""``normopt compare`` and ``normopt sweep``: flags are the fields of the config dataclasses.
+
+Precedence: the dataclass defaults, then ``--config FILE`` (JSON), then the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from normopt.experiments import config as C
+
+
+def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(item(t.strip()) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _name_values(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=LR pairs such as adamw=3e-3,muon=0.05, got {text!r}"
+            ) from None
+    return out
+
+
+def _arg_type(hint: Any) -> tuple[Callable[[str], Any], str]:
+    """argparse ``type`` and metavar for a field's type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return _comma_list(args[0]), "A,B,..."
+    if origin is Mapping or origin is dict:
+        return _name_values, "NAME=LR,..."
+    return hint, {int: "N", float: "X", str: "TEXT"}[hint]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[C.TrainConfig]) -> None:
+    """One flag per field; absent flags stay absent (argparse.SUPPRESS), so the config
+    file's values are not overwritten by defaults."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, metavar = _arg_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        suffix = "" if default is None else f" [default: {shown}]"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            metavar=metavar,
+            default=argparse.SUPPRESS,
+            help=f.metadata.get("help", "") + suffix,
+        )
+
+
+def config_from_args(cls: type[C.C], args: argparse.Namespace) -> C.C:
+    base = C.load(cls, args.config) if args.config else cls()
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    return dataclasses.replace(base, **given)
+
+
+def _list(stream: Any = None) -> int:
+    from normopt.experiments.optimizers import OPTIMIZERS
+    from normopt.experiments.tasks import TASKS
+
+    out = stream or sys.stdout
+    print("tasks (default steps / batch; sweep steps):", file=out)
+    for t in TASKS.values():
+        print(f"  {t.name:17s} {t.summary}", file=out)
+        print(f"  {'':17s} {t.size}", file=out)
+        lrs = ", ".join(f"{k} {v:g}" for k, v in t.lrs.items())
+        print(
+            f"  {'':17s} {t.steps} steps of {t.batch_size}; sweep {t.sweep_steps}; lr: {lrs}",
+            file=out,
+        )
+    print("\noptimizers:", file=out)
+    for o in OPTIMIZERS.values():
+        missing = "" if o.available() else f"  [needs normopt.{o.requires}: not installed]"
+        print(f"  {o.name:12s} {o.summary}{missing}", file=out)
+    return 0
+
+
+def _out(cfg: C.TrainConfig, command: str) -> Path:
+    from normopt.experiments import report
+
+    return Path(cfg.out) if cfg.out else report.default_out(command, cfg.task)
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
+    from normopt.experiments import report
+    from normopt.experiments.compare import run_compare, run_sweep
+    from normopt.experiments.data import DataUnavailable
+
+    if args.list:
+        return _list()
+    try:
+        if command == "compare":
+            compare_cfg = config_from_args(C.CompareConfig, args)
+            out = _out(compare_cfg, command)
+            metrics = run_compare(compare_cfg, quiet=args.quiet)
+            report.write_compare_report(metrics, out)
+            print(report.compare_table(metrics))
+        else:
+            sweep_cfg = config_from_args(C.SweepConfig, args)
+            out = _out(sweep_cfg, command)
+            metrics = run_sweep(sweep_cfg, quiet=args.quiet)
+            report.write_sweep_report(metrics, out)
+            print(f"basin: {metrics['basin_rule']}")
+            print(report.sweep_table(metrics))
+    except DataUnavailable as e:
+        print(f"normopt {command}: {e}", file=sys.stderr)
+        return 1
+    print(f"\nreport: {out / 'summary.md'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for command, cls, text in (
+        (
+            "compare",
+            C.CompareConfig,
+            "train a task with several optimizers from the same init; curves, table, report",
+        ),
+        (
+            "sweep",
+            C.SweepConfig,
+            "learning-rate sweep per optimizer over seeds; loss vs lr and basin widths",
+        ),
+    ):
+        p = sub.add_parser(command, help=text, description=text)
+        p.add_argument(
+            "--config", metavar="FILE", help="a JSON config (e.g. a report's config.json)"
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--list", action="store_true", help="list the tasks and optimizers, then exit"
+        )
+        add_config_flags(p, cls)
+        p.set_defaults(func=lambda args, command=command: _run(command, args))

@@ -1,0 +1,289 @@
+"""Configuration of ``normopt compare`` and ``normopt sweep``: frozen dataclasses.
+
+Every field is a flag (``steps`` is ``--steps``, ``batch_size`` is ``--batch-size``)
+and a key of the JSON config file (``--config``); unknown keys are rejected. ``None``
+means "the task's default"; :func:`resolve` fills those in, and the resolved config is
+what a report saves, so ``normopt compare --config REPORT/config.json`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from normopt.experiments.optimizers import OPTIMIZERS, check_optimizer
+from normopt.experiments.tasks import TASKS, get_task
+
+SCHEDULES = ("constant", "linear", "cosine")
+C = TypeVar("C", bound="TrainConfig")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every run of the harness shares: task, optimizers, budget, schedule, device."""
+
+    task: str = field(default="shakespeare-char", metadata=_help("the task (see --list)"))
+    optimizers: tuple[str, ...] = field(
+        default=("adamw", "muon", "lion"),
+        metadata=_help("comma-separated names from the optimizer registry (see --list)"),
+    )
+    steps: int | None = field(default=None, metadata=_help("training steps per run (task default)"))
+    seeds: int = field(
+        default=1, metadata=_help("seeds 0..S-1; each seed fixes the init and the data order")
+    )
+    lr: Mapping[str, float] = field(
+        default_factory=dict,
+        metadata=_help("learning rates, e.g. adamw=3e-3,muon=0.05 (default: tuned per task)"),
+    )
+    adamw_lr: float | None = field(
+        default=None,
+        metadata=_help(
+            "lr of the AdamW half of hybrids such as muon (default: the task's adamw lr)"
+        ),
+    )
+    batch_size: int | None = field(default=None, metadata=_help("batch size (task default)"))
+    eval_every: int | None = field(
+        default=None, metadata=_help("validation every N steps (task default)")
+    )
+    schedule: str = field(
+        default="cosine", metadata=_help(f"lr schedule after warmup: {', '.join(SCHEDULES)}")
+    )
+    warmup: float = field(default=0.05, metadata=_help("fraction of steps of linear warmup"))
+    weight_decay: float = field(
+        default=0.0, metadata=_help("decoupled weight decay, on matrices only")
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=_help(
+            "torch CPU threads (default: torch's choice, one per core); 1 is far faster "
+            "when other processes share the cores"
+        ),
+    )
+    device: str = field(
+        default="auto", metadata=_help("auto (a GPU when present), cpu, cuda, cuda:N")
+    )
+    reference: str = field(
+        default="adamw",
+        metadata=_help(
+            "compare: the optimizer whose final val loss the others race to; sweep: whose best "
+            "final val loss the others' LR ranges are measured against (if listed)"
+        ),
+    )
+    out: str | None = field(
+        default=None,
+        metadata=_help("report folder (default reports/<command>-<task>-<time>)"),
+    )
+
+    def __post_init__(self) -> None:
+        # Stored as plain immutable values, whatever sequence or mapping came in.
+        object.__setattr__(self, "optimizers", tuple(self.optimizers))
+        object.__setattr__(self, "lr", types.MappingProxyType(dict(self.lr)))
+        if self.task not in TASKS:
+            raise ValueError(f"--task: unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if not self.optimizers:
+            raise ValueError("--optimizers: give at least one optimizer")
+        for name in (*self.optimizers, *self.lr):
+            if name not in OPTIMIZERS:
+                flag = "--optimizers" if name in self.optimizers else "--lr"
+                raise ValueError(
+                    f"{flag}: unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}"
+                )
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError(f"--optimizers: a name appears twice in {','.join(self.optimizers)}")
+        for name in ("steps", "batch_size", "eval_every", "seeds", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{_flag(name)}: must be a positive integer, got {v}")
+        for name, v in (*self.lr.items(), ("adamw_lr", self.adamw_lr)):
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(
+                    f"{_flag(name) if name == 'adamw_lr' else '--lr'}: {name} must be > 0, got {v}"
+                )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup: a fraction of the steps in [0, 1), got {self.warmup}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        if self.reference not in OPTIMIZERS:
+            raise ValueError(
+                f"--reference: unknown optimizer {self.reference!r}; known: {', '.join(OPTIMIZERS)}"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(
+                f"--device: expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CompareConfig(TrainConfig):
+    """``normopt compare``: every optimizer on the same inits and data, curves and a table."""
+
+
+@dataclass(frozen=True)
+class SweepConfig(TrainConfig):
+    """``normopt sweep``: final validation loss over a grid of learning rates."""
+
+    optimizers: tuple[str, ...] = field(
+        default=("adamw", "muon"),
+        metadata=_help("comma-separated names from the optimizer registry (see --list)"),
+    )
+    seeds: int = field(default=2, metadata=_help("seeds per learning rate"))
+    lrs: tuple[float, ...] = field(
+        default=(),
+        metadata=_help("absolute learning rates for every optimizer (overrides --lr-factors)"),
+    )
+    lr_factors: tuple[float, ...] = field(
+        default=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
+        metadata=_help("multiples of each optimizer's default (or --lr) learning rate"),
+    )
+    basin: str = field(
+        default="+0.05",
+        metadata=_help("the basin: LRs whose final val loss is within +X nats or X%% of the best"),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lrs", tuple(self.lrs))
+        object.__setattr__(self, "lr_factors", tuple(self.lr_factors))
+        super().__post_init__()
+        for name in ("lrs", "lr_factors"):
+            bad = [v for v in getattr(self, name) if not (math.isfinite(v) and v > 0)]
+            if bad:
+                raise ValueError(f"{_flag(name)}: values must be > 0, got {bad[0]}")
+        if not (self.lrs or self.lr_factors):
+            raise ValueError("--lr-factors: give --lrs or at least one factor")
+        parse_basin(self.basin)
+
+
+def parse_basin(text: str) -> tuple[float, bool]:
+    """``"+0.05"`` -> (0.05, False): absolute nats; ``"5%"`` -> (0.05, True): relative."""
+    m = re.fullmatch(r"\s*\+?\s*([0-9.eE+-]+)\s*(%?)\s*", text)
+    try:
+        value = float(m.group(1)) if m else math.nan
+    except ValueError:
+        value = math.nan
+    if not (m and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"--basin: expected +NATS (e.g. +0.05) or PERCENT% (e.g. 5%), got {text!r}"
+        )
+    return (value / 100, True) if m.group(2) else (value, False)
+
+
+def describe_basin(text: str) -> str:
+    value, relative = parse_basin(text)
+    return (
+        f"within {100 * value:g}% of the best"
+        if relative
+        else f"within +{value:g} nats of the best"
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ----------------------------------------------------------------------------- resolve
+
+
+def resolve(cfg: C) -> C:
+    """Fill task defaults (steps, batch, eval, learning rates) and check the optimizers exist."""
+    task = get_task(cfg.task)
+    for name in cfg.optimizers:
+        try:
+            check_optimizer(name)
+        except ValueError as e:
+            raise ValueError(f"--optimizers: {e}") from None
+    lr = {n: cfg.lr.get(n, task.lrs.get(n, OPTIMIZERS[n].lr)) for n in cfg.optimizers}
+    lr.update(cfg.lr)
+    adamw_lr = cfg.adamw_lr or cfg.lr.get("adamw") or task.lrs.get("adamw", OPTIMIZERS["adamw"].lr)
+    steps = cfg.steps or (task.sweep_steps if isinstance(cfg, SweepConfig) else task.steps)
+    return dataclasses.replace(
+        cfg,
+        steps=steps,
+        batch_size=cfg.batch_size or task.batch_size,
+        eval_every=min(cfg.eval_every or task.eval_every, steps),
+        lr=lr,
+        adamw_lr=adamw_lr,
+    )
+
+
+# ----------------------------------------------------------------------------- (de)serialize
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain JSON-ready values: tuples become lists, mappings dicts."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from JSON-like data; unknown keys and wrong types are ValueErrors."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(names)}"
+        )
+    return cls(**{k: _coerce(k, v, hints[k], source) for k, v in data.items()})
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    def bad() -> ValueError:
+        return ValueError(
+            f"{source}: key {name!r} ({_flag(name)}): {value!r} is not of type {hint}"
+        )
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return tuple(_coerce(name, v, args[0], source) for v in value)
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            raise bad()
+        return {str(k): _coerce(name, v, args[1], source) for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str) and isinstance(value, hint) and not isinstance(value, bool):
+        return value
+    raise bad()
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load(cls: type[C], path: str | Path) -> C:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config: no such file: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config: {path} is not valid JSON: {e}") from None
+    return from_dict(cls, data, source=str(path))

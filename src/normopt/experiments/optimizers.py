@@ -1,0 +1,211 @@
+"""The optimizer registry of the harness: name -> factory(model, lr, cfg).
+
+A factory returns one optimizer or a list of them; the training loop steps them all,
+so a hybrid (Muon on hidden matrices plus AdamW on the rest) is one entry. Add your own::
+
+    from normopt.experiments.optimizers import register_optimizer, split_params
+
+    @register_optimizer("muon-sgd", lr=0.02, summary="torch Muon + SGD on the rest")
+    def _muon_sgd(model, lr, cfg):
+        hidden, other = split_params(model, max_ndim=2)
+        return [torch.optim.Muon(hidden, lr=lr), torch.optim.SGD(other, lr=0.1)]
+
+Entries backed by normopt's own optimizers import normopt lazily, inside the factory,
+and name the attribute they need (``requires``): the registry loads even where an
+optimizer is not there yet, and asking for it gives a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from normopt.experiments.config import TrainConfig
+
+Factory = Callable[[nn.Module, float, "TrainConfig"], "Optimizer | Sequence[Optimizer]"]
+
+# AdamW's betas everywhere in the harness (also for the AdamW half of hybrids):
+# (0.9, 0.95) as in nanoGPT and Jordan's Muon reference.
+ADAMW_BETAS = (0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    factory: Factory
+    lr: float  # fallback learning rate for tasks without a tuned one
+    summary: str
+    requires: str | None = None  # attribute of the normopt package the factory needs
+
+    def available(self) -> bool:
+        if self.requires is None:
+            return True
+        import normopt
+
+        return hasattr(normopt, self.requires)
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+
+
+def register_optimizer(
+    name: str, *, lr: float, summary: str, requires: str | None = None
+) -> Callable[[Factory], Factory]:
+    """Decorator: add ``factory(model, lr, cfg) -> Optimizer | list[Optimizer]`` as ``name``."""
+
+    def deco(factory: Factory) -> Factory:
+        OPTIMIZERS[name] = OptimizerSpec(name, factory, lr, summary, requires)
+        return factory
+
+    return deco
+
+
+def check_optimizer(name: str) -> None:
+    """ValueError unless ``name`` is registered and its backing optimizer exists."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    spec = OPTIMIZERS[name]
+    if not spec.available():
+        raise ValueError(
+            f"optimizer {name!r} needs normopt.{spec.requires}, which this installation of "
+            f"normopt does not have; available: {', '.join(available_optimizers())}"
+        )
+
+
+def available_optimizers() -> list[str]:
+    return [n for n, s in OPTIMIZERS.items() if s.available()]
+
+
+def build_optimizers(name: str, model: nn.Module, lr: float, cfg: TrainConfig) -> list[Optimizer]:
+    check_optimizer(name)
+    out = OPTIMIZERS[name].factory(model, lr, cfg)
+    return [out] if isinstance(out, Optimizer) else list(out)
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def split_params(
+    model: nn.Module, max_ndim: int = 4
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden matrices, everything else) for Muon-style hybrids.
+
+    Hidden matrices: weights with 2 to ``max_ndim`` dimensions, except embeddings and
+    the output layer (the module named ``head``; a head tied to an embedding is one
+    tensor and lands in "everything else" once). Gains, biases, embeddings and the head
+    go to the other optimizer. torch.optim.Muon takes only 2-D tensors: ``max_ndim=2``
+    sends conv kernels to the other optimizer too.
+    """
+    special: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            special.update(id(p) for p in module.parameters())
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        special.update(id(p) for p in head.parameters())
+    hidden, other = [], []
+    for p in model.parameters():  # deduplicated: a tied tensor appears once
+        if id(p) not in special and 2 <= p.ndim <= max_ndim:
+            hidden.append(p)
+        else:
+            other.append(p)
+    return hidden, other
+
+
+def decay_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Two param groups: weight decay on matrices, none on gains and biases."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def _adamw_lr(cfg: TrainConfig) -> float:
+    if cfg.adamw_lr is None:
+        raise ValueError("adamw_lr is unset: pass the config through config.resolve()")
+    return cfg.adamw_lr
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+@register_optimizer(
+    "adamw", lr=1e-3, summary="torch.optim.AdamW on every tensor, betas (0.9, 0.95)"
+)
+def _adamw(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    return torch.optim.AdamW(
+        decay_groups(model.parameters(), cfg.weight_decay), lr=lr, betas=ADAMW_BETAS
+    )
+
+
+@register_optimizer(
+    "torch-muon",
+    lr=0.02,
+    summary="torch.optim.Muon on 2-D hidden matrices + AdamW (adamw_lr) on the rest",
+)
+def _torch_muon(model: nn.Module, lr: float, cfg: TrainConfig) -> list[Optimizer]:
+    hidden, other = split_params(model, max_ndim=2)
+    return [
+        torch.optim.Muon(hidden, lr=lr, weight_decay=cfg.weight_decay),
+        torch.optim.AdamW(
+            decay_groups(other, cfg.weight_decay), lr=_adamw_lr(cfg), betas=ADAMW_BETAS
+        ),
+    ]
+
+
+@register_optimizer("sgd", lr=0.1, summary="torch.optim.SGD, Nesterov momentum 0.9, every tensor")
+def _sgd(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    return torch.optim.SGD(
+        decay_groups(model.parameters(), cfg.weight_decay), lr=lr, momentum=0.9, nesterov=True
+    )
+
+
+@register_optimizer(
+    "muon",
+    lr=0.02,
+    summary="normopt.Muon(model): routes every tensor itself (AdamW part at adamw_lr)",
+    requires="Muon",
+)
+def _muon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.Muon(  # type: ignore[attr-defined]
+        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
+    )
+
+
+@register_optimizer(
+    "lion", lr=1e-4, summary="normopt.Lion on every tensor, betas (0.9, 0.99)", requires="Lion"
+)
+def _lion(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.Lion(  # type: ignore[attr-defined]
+        decay_groups(model.parameters(), cfg.weight_decay), lr=lr
+    )
+
+
+@register_optimizer(
+    "sign",
+    lr=1e-3,
+    summary="normopt.SteepestDescent under l-inf, normalized: sign of Nesterov momentum 0.9",
+    requires="SteepestDescent",
+)
+def _sign(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.SteepestDescent(
+        decay_groups(model.parameters(), cfg.weight_decay),
+        norm=normopt.norms.LInf(),
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+        normalized=True,
+    )

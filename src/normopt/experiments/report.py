@@ -1,0 +1,377 @@
+"""Reports: the terminal table, and a folder with summary.md, PNG plots, metrics.json and
+config.json (the resolved config; ``normopt compare --config DIR/config.json`` repeats it)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import normopt
+
+# ----------------------------------------------------------------------------- environment
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where and when the numbers were taken."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "normopt": normopt.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _g(x: float, digits: int = 4) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _pm(s: dict[str, float], digits: int = 4) -> str:
+    if not math.isfinite(s["mean"]):
+        return "diverged" if s["n"] else "—"
+    return (
+        f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+        if s["n"] > 1
+        else f"{s['mean']:.{digits}f}"
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join(
+        [fmt.format(*header), "-" * (sum(widths) + 2 * len(widths) - 2)]
+        + [fmt.format(*r) for r in rows]
+    )
+
+
+def compare_table(metrics: dict[str, Any], markdown: bool = False) -> str:
+    ref = metrics["reference"]["optimizer"]
+    seeds = metrics["config"]["seeds"]
+    spread_note = " (mean ± std)" if seeds > 1 else ""
+    header = ["optimizer", "lr", f"final val loss{spread_note}", "best val", "final train",
+              "val acc", "ms/step", "train s"]  # fmt: skip
+    if ref:
+        header += [f"steps to {ref}", f"s to {ref}"]
+    rows = []
+    for s in metrics["summary"]:
+        row = [
+            s["optimizer"],
+            f"{s['lr']:.3g}",
+            _pm(s["final_val_loss"]),
+            _g(s["best_val_loss"]["mean"]),
+            _g(s["final_train_loss"]["mean"]),
+            _g(s["final_val_acc"]["mean"], 3),
+            _g(s["median_step_ms"], 1),
+            _g(s["train_seconds"], 1),
+        ]
+        if ref:
+            row += [_g(s["steps_to_reference"], 0), _g(s["seconds_to_reference"], 1)]
+        rows.append(row)
+    return _table(header, rows, markdown)
+
+
+def _basin_text(b: dict[str, Any]) -> str:
+    if not math.isfinite(b["width"]):
+        return "—"
+    at_least = "≥ " if b["open_low"] or b["open_high"] else ""
+    return f"{b['lo']:.3g} … {b['hi']:.3g} ({at_least}×{b['width']:.3g}, {at_least}{b['octaves']:.1f} octaves)"
+
+
+def sweep_table(metrics: dict[str, Any], markdown: bool = False) -> str:
+    ref = metrics["reference"]["optimizer"]
+    header = ["optimizer", "best lr", "best final val", "basin (lo … hi, width)"]
+    if ref:
+        header.append(f"LRs at or below {ref}'s best")
+    header.append("diverged runs")
+    rows = []
+    for s in metrics["summary"]:
+        b = s["basin"]
+        row = [
+            s["optimizer"],
+            f"{b['best_lr']:.3g}" if math.isfinite(b["best_lr"]) else "—",
+            _g(b["best_loss"]),
+            _basin_text(b),
+        ]
+        if ref:
+            row.append(_basin_text(s["beats_reference"]) if s["beats_reference"] else "—")
+        runs = sum(p["final_val_loss"]["n"] for p in s["points"])
+        row.append(f"{sum(p['diverged'] for p in s['points'])}/{runs}")
+        rows.append(row)
+    return _table(header, rows, markdown)
+
+
+def sweep_grid_table(metrics: dict[str, Any]) -> str:
+    """Markdown: final val loss at every (optimizer, lr) of the grid."""
+    parts = []
+    for s in metrics["summary"]:
+        rows = [
+            [f"{p['lr']:.3g}", _pm(p["final_val_loss"]), str(p["diverged"])] for p in s["points"]
+        ]
+        parts.append(
+            f"**{s['optimizer']}**\n\n" + _table(["lr", "final val loss", "diverged"], rows, True)
+        )
+    return "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(ncols: int) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    return Figure(figsize=(5.5 * ncols if ncols > 1 else 7.0, 4.5), layout="constrained")
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def _styles(names: Sequence[str]) -> dict[str, str]:
+    # Line styles too: near-identical optimizers (muon, torch-muon) stay distinguishable.
+    return {n: ("-", "--", "-.", ":")[i % 4] for i, n in enumerate(names)}
+
+
+def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
+    """Training (smoothed) and validation loss vs step or vs training seconds, per optimizer."""
+    fig = _figure(2)
+    ax_train, ax_val = fig.subplots(1, 2)
+    names = [s["optimizer"] for s in metrics["summary"]]
+    colors, styles = _colors(names), _styles(names)
+    steps = metrics["config"]["steps"]
+    window = max(1, steps // 50)
+    lows = {ax_train: math.inf, ax_val: math.inf}
+    for run in metrics["runs"]:
+        c, ls = colors[run["optimizer"]], styles[run["optimizer"]]
+        label = run["optimizer"] if run["seed"] == 0 else None
+        loss = _smooth(run["train_loss"], window)
+        if x_axis == "step":
+            x = list(range(1, len(loss) + 1))
+        else:
+            x, t = [], 0.0
+            for dt in run["step_time"]:
+                t += dt
+                x.append(t)
+        ax_train.plot(x, loss, color=c, ls=ls, lw=1.2, alpha=0.85, label=label)
+        ev = run["eval"]
+        ax_val.plot(
+            ev[x_axis],
+            ev["val_loss"],
+            color=c,
+            ls=ls,
+            lw=1.2,
+            marker=".",
+            ms=3,
+            alpha=0.85,
+            label=label,
+        )
+        lows[ax_train] = min([lows[ax_train], *(v for v in loss if math.isfinite(v))])
+        lows[ax_val] = min([lows[ax_val], *(v for v in ev["val_loss"] if math.isfinite(v))])
+    # Clip at the initial loss: a diverging run should not flatten everyone else's curve.
+    top = max(r["eval"]["val_loss"][0] for r in metrics["runs"])
+    for ax, low in lows.items():
+        if math.isfinite(low) and math.isfinite(top) and top > low:
+            if low > 0 and top / low > 10:  # losses near 0 (classifiers): a log axis
+                ax.set_yscale("log")
+                ax.set_ylim(low / 1.2, top * 1.2)
+            else:
+                pad = 0.04 * (top - low)
+                ax.set_ylim(low - pad, top + pad)
+    xlabel = "step" if x_axis == "step" else "training seconds (validation excluded)"
+    ax_train.set(
+        title=f"train loss (mean over {window} steps)", xlabel=xlabel, ylabel="loss (nats)"
+    )
+    ax_val.set(title="validation loss", xlabel=xlabel, ylabel="loss (nats)")
+    for ax in (ax_train, ax_val):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(
+        f"{metrics['task']['name']}: {metrics['config']['seeds']} seed(s), {metrics['environment']['device']}"
+    )
+    fig.savefig(path, dpi=110)
+
+
+def plot_sweep(metrics: dict[str, Any], path: Path) -> None:
+    """Final validation loss vs learning rate, one line per optimizer, basins shaded."""
+    fig = _figure(1)
+    ax = fig.subplots()
+    names = [s["optimizer"] for s in metrics["summary"]]
+    colors = _colors(names)
+    ceiling = metrics["initial_val_loss"]
+    for s in metrics["summary"]:
+        c = colors[s["optimizer"]]
+        lrs = [p["lr"] for p in s["points"]]
+        mean = [p["final_val_loss"]["mean"] for p in s["points"]]
+        ok = [i for i, m in enumerate(mean) if math.isfinite(m)]
+        lo = [mean[i] - s["points"][i]["final_val_loss"]["min"] for i in ok]
+        hi = [s["points"][i]["final_val_loss"]["max"] - mean[i] for i in ok]
+        hi = [h if math.isfinite(h) else 0.0 for h in hi]
+        ax.errorbar([lrs[i] for i in ok], [mean[i] for i in ok], yerr=[lo, hi], color=c,
+                    marker="o", ms=4, capsize=3, label=s["optimizer"])  # fmt: skip
+        bad = [lrs[i] for i in range(len(lrs)) if i not in ok]
+        if bad:
+            ax.plot(bad, [ceiling] * len(bad), "x", color=c, ms=8)
+        b = s["basin"]
+        if math.isfinite(b["width"]):
+            ax.axvspan(b["lo"], b["hi"], color=c, alpha=0.10)
+            ax.hlines(b["threshold"], b["lo"], b["hi"], colors=[c], linestyles="dashed", lw=1)
+    ref = metrics["reference"]
+    if ref["optimizer"] and math.isfinite(ref["best_loss"] or math.nan):
+        ax.axhline(ref["best_loss"], color="gray", ls=":", lw=1, label=f"{ref['optimizer']}'s best")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="final validation loss (nats)",
+           title=f"{metrics['task']['name']}: LR sweep, {metrics['config']['steps']} steps, "
+                 f"{metrics['config']['seeds']} seed(s)\nshaded: basin, {metrics['basin_rule']}")  # fmt: skip
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, which="both")
+    diverged = any(p["diverged"] for s in metrics["summary"] for p in s["points"])
+    ax.legend(title="× at top: diverged" if diverged else None)
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _jsonable(x: Any) -> Any:
+    """Non-finite floats become null: strict JSON, readable anywhere."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def default_out(command: str, task: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("reports") / f"{command}-{task}-{stamp}"
+
+
+def _header(metrics: dict[str, Any], out: Path) -> list[str]:
+    env, task, cfg = metrics["environment"], metrics["task"], metrics["config"]
+    return [
+        f"# normopt {metrics['command']}: {task['name']}",
+        "",
+        f"{task['summary']}. {task['size']}.",
+        "",
+        f"- date: {env['date']}",
+        f"- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs, "
+        f"{env['torch_threads']} torch threads; torch {env['torch']}, normopt {env['normopt']}",
+        f"- budget: {cfg['steps']} steps of batch {cfg['batch_size']}, {cfg['seeds']} seed(s), "
+        f"schedule {cfg['schedule']} after {cfg['warmup']:g} warmup, weight decay {cfg['weight_decay']:g}, "
+        f"AdamW part of hybrids at lr {cfg['adamw_lr']:g}",
+        f"- reproduce: `normopt {metrics['command']} --config {out / 'config.json'}`",
+        "",
+    ]
+
+
+def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(metrics, out)
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), allow_nan=False) + "\n")
+    plot_curves(metrics, out / "loss_vs_step.png", "step")
+    plot_curves(metrics, out / "loss_vs_time.png", "time")
+    ref = metrics["reference"]
+    lines = _header(metrics, out) + [compare_table(metrics, markdown=True), ""]
+    if ref["optimizer"]:
+        lines += [
+            f"Steps / s to {ref['optimizer']}: the first validation (every "
+            f"{metrics['config']['eval_every']} steps) at which an optimizer's seed-mean "
+            f"validation loss is at or below {ref['optimizer']}'s final one ({_g(ref['val_loss'])}).",
+            "",
+        ]
+    lines += [
+        "Final train loss: mean over the last 5% of steps. ms/step: median over steps of "
+        "forward, backward and update; train s: their sum (validation excluded).",
+        "",
+        "![loss vs step](loss_vs_step.png)",
+        "",
+        "![loss vs time](loss_vs_time.png)",
+        "",
+        "## Routing of `normopt.Muon(model)` (`normopt.describe`)",
+        "",
+        "Hidden matrices get Muon; embeddings, the head (tied to the token embedding in the "
+        "GPT), gains and biases get AdamW. torch-muon uses the same split, except that "
+        "torch.optim.Muon takes 2-D tensors only: conv kernels go to its AdamW.",
+        "",
+        "```",
+        metrics["routing"],
+        "```",
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def write_sweep_report(metrics: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(metrics, out)
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), allow_nan=False) + "\n")
+    plot_sweep(metrics, out / "sweep.png")
+    lines = _header(metrics, out) + [
+        f"Basin: the contiguous range of grid learning rates around the best whose seed-mean "
+        f"final validation loss is {metrics['basin_rule']}; width = hi / lo "
+        "(≥ when the basin reaches the end of the grid). A diverged run counts as outside.",
+        "",
+    ]
+    if metrics["reference"]["optimizer"]:
+        lines += [
+            f"LRs at or below {metrics['reference']['optimizer']}'s best: the contiguous range "
+            "around an optimizer's best whose seed-mean final loss is at or below the best "
+            f"that {metrics['reference']['optimizer']} reached anywhere on its grid "
+            f"({_g(metrics['reference']['best_loss'])}); — when it never gets there.",
+            "",
+        ]
+    lines += [
+        sweep_table(metrics, markdown=True),
+        "",
+        "![final loss vs lr](sweep.png)",
+        "",
+        "## Every point",
+        "",
+        sweep_grid_table(metrics),
+        "",
+    ]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def _write_config(metrics: dict[str, Any], out: Path) -> None:
+    # The folder is not part of the experiment: a rerun from this file writes a new one.
+    cfg = dict(metrics["config"], out=None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

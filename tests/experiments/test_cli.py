@@ -1,0 +1,45 @@
+"""Bad flags give exit code 2 and a message that names the flag."""
+
+import json
+
+import pytest
+
+from normopt.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["compare", "--steps", "x"], "--steps"),
+        (["compare", "--stpes", "3"], "--stpes"),
+        (["compare", "--lr", "adamw"], "--lr"),
+        (["sweep", "--lr-factors", "1,two"], "--lr-factors"),
+        (["compare", "--steps", "0"], "--steps"),
+        (["compare", "--optimizers", "adamw,nope"], "--optimizers"),
+        (["compare", "--task", "imagenet"], "--task"),
+        (["sweep", "--basin", "lots"], "--basin"),
+        (["sweep", "--lrs", "0.1,-1"], "--lrs"),
+        (["compare", "--config", "/nonexistent/config.json"], "--config"),
+    ],
+)
+def test_bad_flag(argv, flag, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_unknown_key_in_config_file(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"task": "synthetic", "bacth_size": 4}))
+    assert main(["compare", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bacth_size" in err and "batch_size" in err
+
+
+def test_list(capsys):
+    assert main(["compare", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "shakespeare-char" in out and "torch-muon" in out and "steps" in out

@@ -43,3 +43,19 @@ def test_list(capsys):
     assert main(["compare", "--list"]) == 0
     out = capsys.readouterr().out
     assert "shakespeare-char" in out and "torch-muon" in out and "steps" in out
+
+
+def test_missing_fashion_mnist_is_a_clear_message(monkeypatch, tmp_path, capsys):
+    from normopt.experiments import data as D
+
+    monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.delenv("NORMOPT_FASHION_MNIST", raising=False)
+    D.load_fashion_mnist.cache_clear()
+    try:
+        code = main(["compare", "--task", "fashion-mnist", "--optimizers", "adamw", "--steps", "1",
+                     "--quiet", "--out", str(tmp_path / "r")])  # fmt: skip
+    finally:
+        D.load_fashion_mnist.cache_clear()
+    assert code == 1
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

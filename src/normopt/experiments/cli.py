@@ -65,7 +65,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[C.TrainConfig]) 
         kind, metavar = _arg_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        suffix = "" if default is None else f" [default: {shown}]"
+        suffix = "" if default in (None, ()) else f" [default: {shown}]"
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,

@@ -169,6 +169,7 @@ TASKS: dict[str, Task] = {
             eval_every=25,
             sweep_steps=100,
             setup=_shakespeare,
+            # adamw, muon: checked at 600 steps; lion: a 200-step sweep (BENCHMARKS.md)
             lrs={"adamw": 4e-3, "torch-muon": 0.02, "muon": 0.02, "lion": 4e-4},
         ),
         Task(
@@ -180,6 +181,7 @@ TASKS: dict[str, Task] = {
             eval_every=10,
             sweep_steps=300,
             setup=_digits,
+            # a 3-seed sweep at 300 steps (BENCHMARKS.md)
             lrs={
                 "adamw": 0.02,
                 "torch-muon": 0.0125,
@@ -199,6 +201,7 @@ TASKS: dict[str, Task] = {
             eval_every=50,
             sweep_steps=200,
             setup=_fashion,
+            # 200-step sweeps, 1 seed (BENCHMARKS.md)
             lrs={"adamw": 0.02, "torch-muon": 0.06, "muon": 0.06, "lion": 4e-3},
         ),
         Task(
@@ -210,6 +213,7 @@ TASKS: dict[str, Task] = {
             eval_every=10,
             sweep_steps=30,
             setup=_synthetic,
+            # a 60-step, 2-seed sweep
             lrs={
                 "adamw": 0.02,
                 "torch-muon": 0.05,

@@ -1,6 +1,6 @@
 """The models of the built-in tasks: a small GPT, an MLP and a small CNN.
 
-Every model names its output layer ``head``: optimizer routing (``optimizers.split_params``)
+Every model names its output layer ``head``: optimizer routing (``normopt.classify``)
 uses it to keep the head off Muon. The GPT's head is tied to its token embedding, the
 standard case that a router must handle (one tensor, two roles).
 """

@@ -94,27 +94,23 @@ def build_optimizers(name: str, model: nn.Module, lr: float, cfg: TrainConfig) -
 def split_params(
     model: nn.Module, max_ndim: int = 4
 ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(hidden matrices, everything else) for Muon-style hybrids.
+    """(hidden matrices, everything else) for Muon-style hybrids, by normopt's own routing.
 
-    Hidden matrices: weights with 2 to ``max_ndim`` dimensions, except embeddings and
-    the output layer (the module named ``head``; a head tied to an embedding is one
-    tensor and lands in "everything else" once). Gains, biases, embeddings and the head
-    go to the other optimizer. torch.optim.Muon takes only 2-D tensors: ``max_ndim=2``
-    sends conv kernels to the other optimizer too.
+    Hidden matrices: the tensors :func:`normopt.classify` gives a matrix role (hidden,
+    qkv, conv, experts) with at most ``max_ndim`` dimensions. Gains, biases, embeddings
+    and the output head (a head tied to an embedding is one tensor) go to the other
+    optimizer. torch.optim.Muon takes only 2-D tensors: ``max_ndim=2`` sends conv kernels
+    to the other optimizer too.
     """
-    special: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            special.update(id(p) for p in module.parameters())
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):
-        special.update(id(p) for p in head.parameters())
-    hidden, other = [], []
-    for p in model.parameters():  # deduplicated: a tied tensor appears once
-        if id(p) not in special and 2 <= p.ndim <= max_ndim:
-            hidden.append(p)
-        else:
-            other.append(p)
+    import normopt
+
+    params = dict(model.named_parameters())
+    hidden: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
+    for route in normopt.classify(model):
+        p = params[route.name]
+        is_matrix = route.role in ("hidden", "qkv", "conv", "experts")
+        (hidden if is_matrix and p.ndim <= max_ndim else other).append(p)
     return hidden, other
 
 

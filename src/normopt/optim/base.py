@@ -161,6 +161,7 @@ class NormOptimizer(Optimizer):
     _global_combine: bool = False
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        defaults = self._as_specs(defaults)
         # Every optimizer reads a parameter as ``split_view(shape, batch_dims, split)``.
         defaults.setdefault("batch_dims", 0)
         defaults.setdefault("split", 1)
@@ -189,15 +190,20 @@ class NormOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     # -- groups and norms ---------------------------------------------------------------
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        # Norms (and Lion-K's convex maps) are stored by registry name and arguments, so the
-        # state dict stays plain data that torch.load(weights_only=True) reads.
+    @staticmethod
+    def _as_specs(options: dict[str, Any]) -> dict[str, Any]:
+        """Norms (and Lion-K's convex maps) stored by registry name and arguments, so that the
+        state dict stays plain data that torch.load(weights_only=True) reads."""
         for key in ("norm", "K"):
-            value = param_group.get(key)
+            value = options.get(key)
             if isinstance(value, Norm | str):
-                param_group = {**param_group, key: resolve_norm(key, value).spec()}
+                options = {**options, key: resolve_norm(key, value).spec()}
             elif value is not None and hasattr(value, "spec") and not isinstance(value, dict):
-                param_group = {**param_group, key: value.spec()}
+                options = {**options, key: value.spec()}
+        return options
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group = self._as_specs(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:

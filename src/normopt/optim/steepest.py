@@ -14,7 +14,6 @@ from normopt.optim.base import (
     Plan,
     check_bool,
     check_number,
-    resolve_norm,
     split_view,
 )
 
@@ -69,8 +68,6 @@ class SteepestDescent(NormOptimizer):
         radius: float | None = None,
         nonfinite: str = "raise",
     ) -> None:
-        if isinstance(norm, Norm | str):
-            norm = resolve_norm("norm", norm).spec()
         self._global_combine = bool(modular)
         defaults = dict(
             norm=norm,
@@ -197,8 +194,6 @@ class TrustRegion(NormOptimizer):
         weight_decay: float = 0.0,
         nonfinite: str = "raise",
     ) -> None:
-        if isinstance(norm, Norm | str):
-            norm = resolve_norm("norm", norm).spec()
         defaults = dict(
             norm=norm,
             lr=lr,

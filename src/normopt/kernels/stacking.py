@@ -9,9 +9,10 @@ of 24 instead of two of 12: one set of launches instead of two.
 
 :func:`plan_stacks` only plans (which indices, which of them transposed, the
 element shape); :func:`gather` builds the stack and :func:`scatter_one` undoes
-the transposition of one result. The reference is the unmerged plan
-(``merge=False`` everywhere), which is what :class:`normopt.optim.base.NormOptimizer`
-does.
+the transposition of one result. :class:`normopt.optim.base.NormOptimizer` plans
+every stack here; the reference is the unmerged plan (``merge=False`` everywhere), its
+default, and an optimizer allows merging only for a transpose-equivariant direction
+(Muon's polar factor, on CUDA by default).
 """
 
 from __future__ import annotations

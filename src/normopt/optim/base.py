@@ -268,10 +268,6 @@ class NormOptimizer(Optimizer):
             )
         return g
 
-    def _gradients_finite(self) -> bool:
-        """Apply the non-finite policy; returns False when the step must be skipped."""
-        return self._precheck() != "skip"
-
     def _precheck(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> str:
         """One pass over the gradients before anything moves; returns ``"skip"``, ``"guard"``
         or ``"fast"``.

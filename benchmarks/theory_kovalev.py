@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from datetime import date
@@ -51,6 +49,7 @@ from normopt.theory import (
     kovalev_schedule,
     lemma3_bound,
 )
+from theory_tinylm import machine  # noqa: E402  (beside this script)
 
 LABELS = {"max_entry": "max-entry (sign/Adam)", "frobenius": "Frobenius (NSGD)",
           "spectral": "spectral (Muon)", "linf": "l-inf (sign/Adam)"}  # fmt: skip
@@ -58,18 +57,6 @@ LABELS = {"max_entry": "max-entry (sign/Adam)", "frobenius": "Frobenius (NSGD)",
 
 def _r(x: float) -> float:
     return float(f"{x:.5g}")
-
-
-def _machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def _kfrac(r: dict) -> str:
@@ -267,7 +254,7 @@ def main() -> None:
             f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
         "date": date.today().isoformat(),
         "torch": torch.__version__,
-        "machine": _machine(),
+        "machine": machine(),
         "config": vars(args),
     }  # fmt: skip
     out.with_suffix(".json").write_text(

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from normopt.kernels.dispatch import BACKENDS, select_backend
-from normopt.linalg.polar import CoefficientSchedule, _normalize, newton_schulz
+from normopt.linalg.polar import CoefficientSchedule, _compute_dtype, _normalize, newton_schulz
 
 __all__ = [
     "Coefficients",
@@ -64,11 +64,7 @@ def _check(G: Tensor, coefficients: Coefficients) -> tuple[tuple[float, float, f
 
 def default_compute_dtype(G: Tensor, compute_dtype: torch.dtype | None = None) -> torch.dtype:
     """bf16 on CUDA, else float32 (float64 kept): the rule of :func:`normopt.linalg.polar`."""
-    if compute_dtype is not None:
-        return compute_dtype
-    if G.device.type == "cuda":
-        return torch.bfloat16
-    return G.dtype if G.dtype == torch.float64 else torch.float32
+    return _compute_dtype(G, compute_dtype)
 
 
 # -- the reference ---------------------------------------------------------------------------

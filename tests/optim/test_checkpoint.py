@@ -309,11 +309,11 @@ def test_a_tampered_hyperparameter_is_refused():
 
 
 def test_a_group_key_missing_from_an_older_state_dict_takes_its_default():
-    sd = _stepped(normopt.Lion([_w(4, 3)], nonfinite="skip"))
+    sd = _stepped(normopt.Lion([_w(4, 3)], nonfinite="raise"))
     del sd["param_groups"][0]["nonfinite"]
     opt = normopt.Lion([_w(4, 3)])
     opt.load_state_dict(sd)
-    assert opt.param_groups[0]["nonfinite"] == "raise"
+    assert opt.param_groups[0]["nonfinite"] == "skip"
     _stepped(opt)
 
 
@@ -340,5 +340,6 @@ def test_weights_only_load_reads_every_state_dict(case):
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
-    assert sd["normopt_optimizer"] == type(opt).__name__
+    # the class is named in every group, which torch.distributed.checkpoint keeps
+    assert {g["normopt_optimizer"] for g in sd["param_groups"]} == {type(opt).__name__}
     _build(case, _mlp()).load_state_dict(sd)

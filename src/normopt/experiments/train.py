@@ -63,11 +63,6 @@ def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
     return 1.0
 
 
-def _is_lr(key: str, value: object) -> bool:
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return numeric and (key == "lr" or key.endswith("_lr"))
-
-
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for classifiers (B, C) and language models (B, T, V) alike."""
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
@@ -108,15 +103,9 @@ def train(
     torch.manual_seed(seed)
     model = problem.model().to(device)  # built on the CPU: the same init on any device
     optimizers = build_optimizers(optimizer, model, lr, cfg)
-    # Every learning rate of every group follows the schedule: "lr" and keys such as
-    # normopt.Muon's "adamw_lr" (the AdamW half of a hybrid held in one optimizer).
-    base_lrs = [
-        [
-            {k: v for k, v in g.items() if _is_lr(k, v)}  # numbers only: not "adjust_lr"
-            for g in opt.param_groups
-        ]
-        for opt in optimizers
-    ]
+    # Every group's "lr" follows the schedule, as a torch scheduler would set it (each group
+    # of normopt.Muon, the AdamW ones included, carries its own).
+    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
     batches = problem.train_batches(cfg.batch_size, seed)
     result = RunResult(optimizer, seed, lr, steps)
 
@@ -132,7 +121,7 @@ def train(
         factor = lr_factor(step, steps, cfg.warmup, cfg.schedule)
         for opt, lrs in zip(optimizers, base_lrs):
             for group, base in zip(opt.param_groups, lrs):
-                group.update({k: v * factor for k, v in base.items()})
+                group["lr"] = base * factor
         x, y = next(batches)  # (B, ...) inputs, (B,) or (B, T) targets
 
         t0 = time.perf_counter()

@@ -28,6 +28,8 @@ class Norm:
 
     name: ClassVar[str] = ""
     ndim: ClassVar[int] = 1
+    # dualize acts entry by entry (sign): optimizers may move such tensors as one flat block
+    entrywise: ClassVar[bool] = False
 
     # -- the interface -------------------------------------------------------------
     def norm(self, x: Tensor) -> Tensor:

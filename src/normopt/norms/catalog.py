@@ -141,6 +141,7 @@ class LInf(Norm):
 
     name = "linf"
     ndim = 1
+    entrywise = True
 
     def norm(self, x: Tensor) -> Tensor:
         return _work(x).abs().amax(dim=self._reduce_dims(x))

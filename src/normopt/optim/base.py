@@ -1,24 +1,29 @@
-"""The shared base of every normopt optimizer: the one loop over parameters.
+"""The shared base of every normopt optimizer: the one loop, blocks, and the policies.
 
-Every optimizer is three moves per parameter tensor (DESIGN.md):
+Every optimizer is three moves (DESIGN.md), run per **block** of a param group:
 
-1. **accumulate** (``_accumulate``): a momentum rule turns the gradient into a
-   buffer, per parameter; state is created lazily here.
-2. **direct** (``_direct``): a direction map turns buffers into update
-   directions. It runs on a **stack**: the buffers of one param group that
-   share their element shape, dtype and device are stacked into one batched
-   tensor ``(B, *element)``, mapped once, and scattered back.
-3. **step** (``_apply``): learning rate, shape scaling, decoupled weight decay
-   or a constraint, per parameter.
+1. **accumulate** (``_accumulate``): a momentum rule turns gradients into buffers;
+2. **direct** (``_direct``): a direction map turns buffers into update directions;
+3. **apply** (``_apply``): learning rate, shape scaling, decoupled weight decay or a
+   constraint.
 
-Subclasses choose the three moves; the loop, the stacking, the non-finite
-gradient policy and the state-dict checks live here only.
+A block (:class:`Block`) is a **stack** ``(B, *element)`` of the group's tensors
+that share an element shape, dtype and device (the unit of the direction map),
+or, where the direction is entrywise, one **flat** block of all of them. State
+lives in block tensors whose rows are the per-parameter state, so each move is
+one aten op per block; parameters and gradients are reached with
+``torch._foreach_*``. The default step reads nothing back from the device: a
+step with non-finite gradients is masked there (:class:`normopt.optim.moves.Mask`).
+
+Subclasses choose the moves; the loop, the blocks, the non-finite policy and
+the state-dict checks live here only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -27,12 +32,14 @@ from torch.optim import Optimizer
 
 from normopt import kernels
 from normopt.norms import Norm, from_spec
+from normopt.optim.moves import Mask
 
 __all__ = [
     "NormOptimizer",
     "NonFiniteGradientError",
     "NonFiniteUpdateError",
     "NONFINITE_POLICIES",
+    "Block",
     "check_number",
     "check_betas",
     "check_bool",
@@ -40,10 +47,10 @@ __all__ = [
     "split_view",
 ]
 
-NONFINITE_POLICIES = ("raise", "skip")
+NONFINITE_POLICIES = ("skip", "raise")
 
-# One param group's share of a step: (group, params, buffers, directions).
-Plan = tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor]]
+# One block's share of a coupled step: (group, block, buffer, direction).
+Plan = tuple[dict[str, Any], "Block", Tensor, Tensor]
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -136,25 +143,110 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
 
 
+@dataclass(eq=False)
+class Block:
+    """The tensors of one param group that move together: a stack or a flat block.
+
+    A **stack** ``(B, *element)`` holds ``B`` parameters of one element shape (the
+    unit of the direction map: one batched polar factor). A **flat** block
+    ``(1, N)`` holds every parameter of a group (per device and dtype) whose
+    direction is entrywise (sign), end to end. Each parameter's gradient is copied
+    into :attr:`grad` with one ``_foreach_copy_`` (the copy is where a skipped
+    step's gradients are zeroed; ``p.grad`` itself is never written), and every
+    state buffer lives in one tensor of the block's shape whose rows (views of the
+    parameter's shape) are what ``optimizer.state[p]`` holds. So a move is one aten
+    op per block, whatever the number of parameters, and no per-tensor view is made
+    on the hot path: views are made once, when the block is built.
+    """
+
+    params: list[Tensor]
+    shape: tuple[int, ...]  # the block tensor's shape: (B, *element), or (1, N) when flat
+    flipped: tuple[bool, ...]
+    flat: bool
+    dtype: torch.dtype
+    device: torch.device
+    spans: tuple[tuple[int, int], ...]  # flat blocks: (offset, numel) of each parameter
+    grad: Tensor = field(init=False)
+    grad_views: list[Tensor] = field(init=False)
+    buffers: dict[str, Tensor] = field(default_factory=dict)
+    views: dict[str, list[Tensor]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.grad = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        self.grad_views = self.rows(self.grad)
+
+    @property
+    def plain(self) -> bool:
+        """Stacked rows are the parameters' shapes, none transposed (``unbind`` gives them)."""
+        return (
+            not self.flat
+            and not any(self.flipped)
+            and all(tuple(p.shape) == self.shape[1:] for p in self.params)
+        )
+
+    def rows(self, t: Tensor) -> list[Tensor]:
+        """Views of ``t`` (the block's shape), one per parameter, in the parameter's shape."""
+        out = []
+        for j, p in enumerate(self.params):
+            if self.flat:
+                o, n = self.spans[j]
+                out.append(t[0, o : o + n].view(p.shape))
+            elif self.flipped[j]:
+                out.append(t[j].mT)
+            else:
+                out.append(t[j].view(p.shape))
+        return out
+
+    def per_param(self, v: Tensor) -> Tensor:
+        """A ``(B,)`` tensor of per-parameter values, broadcast against the block."""
+        if self.flat:
+            sizes = self.extras.get("sizes")
+            if sizes is None:
+                sizes = self.extras["sizes"] = torch.tensor(
+                    [n for _, n in self.spans], device=self.device
+                )
+            total = sum(n for _, n in self.spans)
+            return torch.repeat_interleave(v, sizes, output_size=total).view(1, -1)
+        return v.view(-1, *([1] * (len(self.shape) - 1)))
+
+
 class NormOptimizer(Optimizer):
     """Base class: the one loop over parameters, stacks, and the shared policies.
 
     Subclasses set hyperparameters in ``defaults``, validate a group in
-    ``_check_group``, and implement the three moves:
+    ``_check_group``, and choose the moves (:mod:`normopt.optim.moves`):
 
-    - ``_accumulate(p, grad, state, group) -> Tensor``: the buffer to direct;
     - ``_element_shape(p, group) -> tuple``: the shape of one element of a stack
       (default ``p.shape``);
+    - ``_entrywise(group) -> bool``: the direction acts entry by entry (sign), so the
+      group's tensors move as one flat block instead of stacks;
+    - ``_accumulate(group, block, G, mask) -> Tensor``: the buffer to direct, from the
+      block's gradients ``G`` (zeroed on a skipped step); state via :meth:`_state`;
     - ``_direct(stack, group) -> Tensor``: maps a ``(B, *element)`` stack to
       directions of the same shape (default: identity);
-    - ``_apply(p, direction, state, group)``: writes the update into ``p``.
+    - ``_apply(group, block, D, mask)``: writes the update into the parameters
+      (usually through :meth:`_decoupled_step`).
 
     Common keyword arguments (stored in every group):
 
-    - ``nonfinite``: ``"raise"`` (default) raises :class:`NonFiniteGradientError`
-      naming the parameter when any gradient holds NaN or Inf; ``"skip"`` skips
-      the whole step, leaving weights and state untouched. Either way no NaN is
-      ever written into the weights by a non-finite gradient.
+    - ``nonfinite``: ``"skip"`` (default) skips a step whose gradients hold NaN or Inf
+      (or exceed the overflow bound below), leaving weights and state untouched,
+      without reading anything back from the device; :attr:`skipped_steps` counts
+      them. ``"raise"`` checks on the host (one sync per step) and raises
+      :class:`NonFiniteGradientError` naming the parameter; it also runs the guarded
+      step (snapshot, check, undo) when an update could overflow.
+    - ``foreach``: ``True`` (default) moves stacks and lists; ``False`` runs the plain
+      per-parameter reference loop (the same moves, one tensor at a time).
+
+    **Huge finite gradients.** Below ``max |g| <= sqrt(finfo(state dtype).max / (64 n))``
+    (``n`` entries stepped; about ``2e14`` for 1e8 float32 entries) no optimizer here
+    can overflow: momentum is a combination of gradients, AdamW squares them and dual
+    norms sum at most ``n`` entries or squares. Under ``"skip"`` a step with a larger
+    gradient is skipped like a non-finite one (decided on the device); under
+    ``"raise"`` it is taken guarded and undone only if it overflowed. Parameters in
+    float16 (range 65504; not AMP, whose master weights are float32) always take the
+    guarded step, which reads one flag back per step.
     """
 
     # Set by optimizers whose step couples all groups (modular steepest descent).
@@ -165,28 +257,17 @@ class NormOptimizer(Optimizer):
         # Every optimizer reads a parameter as ``split_view(shape, batch_dims, split)``.
         defaults.setdefault("batch_dims", 0)
         defaults.setdefault("split", 1)
-        nonfinite = defaults.setdefault("nonfinite", "raise")
+        defaults.setdefault("foreach", True)
+        nonfinite = defaults.setdefault("nonfinite", "skip")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite: expected one of {list(NONFINITE_POLICIES)}, got {nonfinite!r}"
             )
-        if isinstance(params, Tensor):
-            raise TypeError(
-                "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
-                "got a single tensor"
-            )
-        if not isinstance(params, Iterable):
-            raise TypeError(
-                "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
-                f"got {type(params).__name__}"
-            )
-        params = list(params)
-        if not params:
-            raise ValueError(
-                "params: empty parameter list; nothing to optimize (a model whose parameters "
-                "are all frozen has none)"
-            )
+        params = _param_list(params)
         self._norm_cache: dict[str, Norm] = {}
+        self._blocks: dict[int, tuple[tuple[Tensor, ...], list[Block]]] = {}
+        self._skipped: Tensor | None = None
+        self._last_masks: dict[Any, Mask] = {}
         super().__init__(params, defaults)
 
     # -- groups and norms ---------------------------------------------------------------
@@ -203,9 +284,12 @@ class NormOptimizer(Optimizer):
         return options
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
         param_group = self._as_specs(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        group["normopt_optimizer"] = type(self).__name__
         try:
             for p in group["params"]:
                 if p.is_complex():
@@ -216,6 +300,7 @@ class NormOptimizer(Optimizer):
                     raise TypeError(
                         f"params: expected floating-point parameters, got dtype {p.dtype}"
                     )
+            check_bool("foreach", group["foreach"])
             self._check_group(group)
         except (TypeError, ValueError):
             self.param_groups.pop()  # a rejected group must not stay behind half-added
@@ -223,7 +308,7 @@ class NormOptimizer(Optimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"])
-        if group.get("nonfinite", "raise") not in NONFINITE_POLICIES:
+        if group.get("nonfinite", "skip") not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite: expected one of {list(NONFINITE_POLICIES)}, got {group['nonfinite']!r}"
             )
@@ -241,6 +326,17 @@ class NormOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_norm_cache", {})
+        self.__dict__.setdefault("_blocks", {})
+        self.__dict__.setdefault("_skipped", None)
+        self.__dict__.setdefault("_last_masks", {})
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """How many steps the ``"skip"`` policy has skipped: a device tensor (reading it, e.g.
+        ``int(opt.skipped_steps)``, is the only sync)."""
+        if self._skipped is None:
+            return torch.zeros((), dtype=torch.int64)
+        return self._skipped
 
     # -- names for messages ---------------------------------------------------------------
     def _param_name(self, group: dict[str, Any], p: Tensor) -> str:
@@ -254,7 +350,7 @@ class NormOptimizer(Optimizer):
                         return f"param {pi} of group {gi} (shape {tuple(p.shape)})"
         return f"a parameter of shape {tuple(p.shape)}"
 
-    # -- the step ---------------------------------------------------------------------------
+    # -- gradients and the non-finite policy ------------------------------------------------
     def _grad(self, p: Tensor, group: dict[str, Any]) -> Tensor:
         g = cast(Tensor, p.grad)  # the loop only passes parameters that have a gradient
         if g.is_sparse:
@@ -268,35 +364,42 @@ class NormOptimizer(Optimizer):
             )
         return g
 
-    def _precheck(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> str:
-        """One pass over the gradients before anything moves; returns ``"skip"``, ``"guard"``
-        or ``"fast"``.
-
-        Raises ``TypeError`` for sparse or complex gradients and applies the non-finite
-        policy. A step is *guarded* (weights and state saved, checked after, restored on
-        overflow) when it could overflow: float16 parameters (range 65504), or a gradient
-        with ``max |g| > sqrt(finfo(state dtype).max / (64 n))``, ``n`` the number of
-        entries stepped. Below that bound no optimizer here can overflow: momentum is a
-        combination of gradients, AdamW squares them (``g^2 <= max / 64 n``), and dual norms
-        sum at most ``n`` entries or squares. ``extra``: more ``(group, param, gradient)``
-        triples to include (MuonMVR2's second gradients).
-        """
-        entries: list[tuple[dict[str, Any], Tensor, Tensor]] = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    entries.append((group, p, self._grad(p, group)))  # raises on sparse/complex
+    def _entries(
+        self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()
+    ) -> list[tuple[dict[str, Any], Tensor, Tensor]]:
+        """``(group, param, gradient)`` of every parameter that has a gradient, type-checked
+        before anything moves (sparse and complex gradients raise ``TypeError``)."""
+        entries = [
+            (group, p, self._grad(p, group))
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
         entries.extend(extra)
+        return entries
+
+    @staticmethod
+    def _overflow_bound(entries: list[tuple[dict[str, Any], Tensor, Tensor]]) -> float:
+        n = max(1, sum(p.numel() for _, p, _ in entries))
+        return min(math.sqrt(torch.finfo(_state_dtype(p)).max / (64 * n)) for _, p, _ in entries)
+
+    def _precheck(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> str:
+        """The host-side check of ``nonfinite="raise"`` (and of float16 parameters): one pass
+        over the gradients before anything moves, one sync; returns ``"skip"``, ``"guard"`` or
+        ``"fast"``. A step is *guarded* (weights and state saved, checked after, restored on
+        overflow) when it could overflow: float16 parameters, or a gradient above the bound of
+        the class docstring. ``extra``: more ``(group, param, gradient)`` triples to include
+        (MuonMVR2's second gradients)."""
+        entries = self._entries(extra)
         if not entries:
             return "fast"
-        n = max(1, sum(p.numel() for _, p, _ in entries))
+        bound = self._overflow_bound(entries)
         guard = any(p.dtype == torch.float16 for _, p, _ in entries)
         owners, finite, large = [], [], []
         for group, p, g in entries:
             if g.numel() == 0:
                 continue
             amax = torch.linalg.vector_norm(g, math.inf)  # NaN or Inf when g holds one
-            bound = math.sqrt(torch.finfo(_state_dtype(p)).max / (64 * n))
             owners.append((group, p))
             finite.append(torch.isfinite(amax))
             large.append(amax > bound)
@@ -309,13 +412,43 @@ class NormOptimizer(Optimizer):
         ok, big = flags[0], flags[1]
         if not bool(ok.all()):
             bad_group, bad_p = owners[int((~ok).nonzero()[0, 0])]
-            if any(g.get("nonfinite", "raise") == "raise" for g, _ in owners):
+            if any(g.get("nonfinite", "skip") == "raise" for g, _ in owners):
                 raise NonFiniteGradientError(
                     f"non-finite gradient (NaN or Inf) in {self._param_name(bad_group, bad_p)}; "
                     "the step was not taken. Pass nonfinite='skip' to skip such steps instead."
                 )
             return "skip"
         return "guard" if guard or bool(big.any()) else "fast"
+
+    def _grad_bound(self, group: dict[str, Any], dtype: torch.dtype, n: int) -> float:
+        """The largest ``max |g|`` a step of ``group`` takes without any risk of overflow in
+        ``dtype`` (the state dtype), ``n`` entries stepped: the moves here are linear in the
+        gradients (momentum: convex combinations; dual norms and singular values: sums of at
+        most ``n`` entries), so ``finfo.max / (64 n)``. AdamW, which squares them, overrides."""
+        return torch.finfo(dtype).max / (64 * n)
+
+    def _masks(self, entries: list[tuple[dict[str, Any], Tensor, Tensor]]) -> dict[Any, Mask]:
+        """The device-side skip decision: one ``_foreach_norm`` per (device, dtype, bound) of
+        gradients, each max against its bound (:meth:`_grad_bound`), nothing read back.
+        Returns one :class:`Mask` per device (the same decision on all of them)."""
+        n = max(1, sum(p.numel() for _, p, _ in entries))
+        by_key: dict[tuple[torch.device, torch.dtype, float], list[Tensor]] = {}
+        for group, p, g in entries:
+            if g.numel():
+                bound = self._grad_bound(group, _state_dtype(p), n)
+                by_key.setdefault((g.device, g.dtype, bound), []).append(g)
+        if not by_key:
+            return {}
+        oks = []
+        for (_, _, bound), grads in by_key.items():
+            norms = torch._foreach_norm(grads, math.inf)  # NaN or Inf where a gradient holds one
+            oks.append(torch.stack(norms).amax() <= bound)  # NaN <= bound is False: bad
+        first = oks[0].device
+        ok = oks[0] if len(oks) == 1 else torch.stack([t.to(first) for t in oks]).all()
+        bad = torch.logical_not(ok)
+        self._skipped = bad.long() if self._skipped is None else self._skipped.add_(bad)
+        devices = {p.device for _, p, _ in entries}
+        return {d: Mask(bad if d == first else bad.to(d)) for d in devices}
 
     def _snapshot(self) -> list[tuple[dict[str, Any], Tensor, Tensor, dict[str, Any] | None]]:
         """Copies of every parameter that has a gradient and of its state (a guarded step)."""
@@ -369,8 +502,18 @@ class NormOptimizer(Optimizer):
             if st is None:
                 self.state.pop(p, None)
             else:
-                self.state[p] = st
-        if any(g.get("nonfinite", "raise") == "raise" for g, _, _, _ in saved):
+                # write back into the tensors the state holds (they may be rows of a block)
+                mine = self.state[p]
+                for k, v in st.items():
+                    if isinstance(v, Tensor) and isinstance(mine.get(k), Tensor):
+                        mine[k].copy_(v)
+                    else:
+                        mine[k] = v
+                for k in [k for k in mine if k not in st]:
+                    del mine[k]
+        if self._skipped is not None:
+            self._skipped.add_(1)
+        if any(g.get("nonfinite", "skip") == "raise" for g, _, _, _ in saved):
             raise NonFiniteUpdateError(
                 f"non-finite update: finite gradients gave NaN or Inf in {what} of "
                 f"{self._param_name(bad_group, bad_p)} ({bad_p.dtype} overflow); the step was "
@@ -379,47 +522,222 @@ class NormOptimizer(Optimizer):
             )
         return False
 
+    # -- blocks -------------------------------------------------------------------------------
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return tuple(p.shape)
 
-    def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> Tensor:
-        raise NotImplementedError
-
-    def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
-        return stack
-
-    def _apply(
-        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> None:
-        raise NotImplementedError
-
-    def _combine(self, plan: list[Plan]) -> None:
-        """Hook for optimizers that couple groups (``_global_combine = True``): may rescale
-        the directions of ``plan`` (one ``(group, params, buffers, directions)`` per group)
-        in place before any is applied."""
+    def _entrywise(self, group: dict[str, Any]) -> bool:
+        return False
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         """Per parameter, whether a tall element may join the stack of its transpose (only
         sound for a transpose-equivariant direction map, such as the polar factor)."""
         return [False] * len(params)
 
-    def _directions(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        buffers = [self._accumulate(p, self._grad(p, group), self.state[p], group) for p in params]
-        # Stacks: buffers of equal element shape, dtype and device, mapped as one batch.
+    def _plan_blocks(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
+        dtypes = [_state_dtype(p) for p in params]
+        if not group["foreach"]:  # the reference: every parameter a block of its own
+            return [self._block(group, [p], [False]) for p in params]
+        if self._entrywise(group):
+            by_key: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+            for p, dt in zip(params, dtypes):
+                by_key.setdefault((dt, p.device), []).append(p)
+            return [self._block(group, ps, None) for ps in by_key.values()]
         shapes = [self._element_shape(p, group) for p in params]
-        keys = [(b.dtype, b.device) for b in buffers]
-        merge = self._merge_transposed(group, params)
-        directions: list[Tensor] = [buffers[0]] * len(params)
-        for plan in kernels.plan_stacks(shapes, keys, merge):
-            out = self._direct(kernels.gather(buffers, plan), group)  # (B, *plan.shape)
-            for j, i in enumerate(plan.indices):
-                directions[i] = kernels.scatter_one(out, j, plan, tuple(params[i].shape))
-        return buffers, directions
+        keys = [(dt, p.device) for p, dt in zip(params, dtypes)]
+        # a tall element may enter transposed only where its element is the parameter itself
+        merge = [
+            ok and tuple(p.shape) == s
+            for ok, p, s in zip(self._merge_transposed(group, params), params, shapes)
+        ]
+        return [
+            self._block(group, [params[i] for i in plan.indices], list(plan.flipped), plan.shape)
+            for plan in kernels.plan_stacks(shapes, keys, merge)
+        ]
 
+    def _block(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        flipped: list[bool] | None,
+        element: tuple[int, ...] | None = None,
+    ) -> Block:
+        p0 = params[0]
+        if flipped is None:  # flat
+            spans, o = [], 0
+            for p in params:
+                spans.append((o, p.numel()))
+                o += p.numel()
+            return Block(
+                params,
+                (1, o),
+                (False,) * len(params),
+                True,
+                _state_dtype(p0),
+                p0.device,
+                tuple(spans),
+            )
+        shape = element if element is not None else self._element_shape(p0, group)
+        return Block(
+            params, (len(params), *shape), tuple(flipped), False, _state_dtype(p0), p0.device, ()
+        )
+
+    def _blocks_for(self, gi: int, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
+        """The blocks of group ``gi`` for the parameters that have gradients this step, built on
+        the first step (and again when that set of parameters changes)."""
+        cached = self._blocks.get(gi)
+        if (
+            cached is not None
+            and len(cached[0]) == len(params)
+            and all(a is b for a, b in zip(cached[0], params))
+        ):
+            return cached[1]
+        blocks = self._plan_blocks(group, params)
+        self._blocks[gi] = (tuple(params), blocks)
+        return blocks
+
+    def _held(self, block: Block, key: str) -> Tensor | None:
+        """The block tensor of state ``key`` if every parameter's state still holds its row."""
+        buf, views = block.buffers.get(key), block.views.get(key)
+        if buf is None or views is None:
+            return None
+        if all(self.state[p].get(key) is v for p, v in zip(block.params, views)):
+            return buf
+        return None
+
+    def _state(self, block: Block, key: str, init: Tensor | None = None) -> Tensor:
+        """The block tensor of state ``key``, each row of which is ``state[p][key]``. Built on
+        first use from what the parameters' state holds (zeros where it holds nothing, or
+        ``init`` rows); rebuilt when a parameter's state no longer holds the row (a state dict
+        was loaded)."""
+        buf = self._held(block, key)
+        if buf is not None:
+            return buf
+        if init is not None:
+            buf = init.clone()
+        else:
+            buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
+        views = block.rows(buf)
+        have = [
+            (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
+        ]
+        if have:
+            torch._foreach_copy_([v for v, _ in have], [o for _, o in have])
+        for p, v in zip(block.params, views):
+            self.state[p][key] = v
+        block.buffers[key], block.views[key] = buf, views
+        return buf
+
+    def _counter(self, block: Block, key: str = "step") -> Tensor:
+        """A per-parameter step counter ``(B,)`` (float32, like torch's ``state["step"]``) whose
+        entries are ``state[p][key]``."""
+        buf = self._held(block, key)
+        if buf is not None:
+            return buf
+        buf = torch.zeros(len(block.params), dtype=torch.float32, device=block.device)
+        views = list(buf.unbind(0))
+        have = [
+            (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
+        ]
+        for v, old in have:
+            v.copy_(old if isinstance(old, Tensor) else torch.tensor(float(old)))
+        for p, v in zip(block.params, views):
+            self.state[p][key] = v
+        block.buffers[key], block.views[key] = buf, views
+        return buf
+
+    # -- the moves (subclasses) ------------------------------------------------------------
+    def _accumulate(
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
+        return stack
+
+    def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
+        raise NotImplementedError
+
+    def _combine(self, plan: list[Plan]) -> None:
+        """Hook for optimizers that couple groups (``_global_combine = True``): may rescale
+        the directions of ``plan`` (one ``(group, block, buffer, direction)`` per block) in
+        place before any is applied."""
+
+    def _run_group(
+        self,
+        gi: int,
+        group: dict[str, Any],
+        params: list[Tensor],
+        masks: dict[Any, Mask],
+        plan: list[Plan] | None,
+    ) -> None:
+        """One group's step: per block, gradients in, accumulate, direct, apply. A subclass
+        whose algorithm needs no blocks (AdamW's fused kernel) overrides this."""
+        for block in self._blocks_for(gi, group, params):
+            mask = masks.get(block.device)
+            G = block.grad
+            torch._foreach_copy_(block.grad_views, [cast(Tensor, p.grad) for p in block.params])
+            if mask is not None:
+                G.masked_fill_(mask.bad, 0.0)  # a skipped step moves nothing (see moves.Mask)
+            M = self._accumulate(group, block, G, mask)
+            D = self._direct(M, group)
+            if plan is not None:
+                plan.append((group, block, M, D))
+            else:
+                self._apply(group, block, D, mask)
+
+    def _decoupled_step(
+        self,
+        block: Block,
+        D: Tensor,
+        lr: Any,
+        weight_decay: float,
+        scale: float | Tensor,
+        mask: Mask | None,
+        protected: tuple[Tensor, ...] = (),
+    ) -> None:
+        """``W <- (1 - lr wd) W - lr scale D`` for every parameter of ``block`` (``scale`` a
+        float or a per-row tensor; ``lr`` a float or a tensor). ``D`` is scaled in place unless
+        it is one of ``protected`` (buffers that must not change)."""
+        params = block.params
+        if weight_decay != 0:
+            decay = 1.0 - lr * weight_decay
+            if mask is not None:
+                decay = mask.decay(decay, block.dtype)
+            torch._foreach_mul_(params, decay)
+        if mask is None and not isinstance(lr, Tensor) and not isinstance(scale, Tensor):
+            self._add_rows(block, D, alpha=-lr * scale)
+            return
+        coef: Any = -lr if isinstance(lr, Tensor) else -float(lr)
+        if mask is not None:
+            coef = mask.scaled(coef, block.dtype)
+        if isinstance(scale, Tensor) or scale != 1.0:
+            coef = coef * scale
+        if any(D is t for t in protected):
+            D = D * coef
+        else:
+            D.mul_(coef)
+        self._add_rows(block, D)
+
+    def _add_rows(self, block: Block, D: Tensor, alpha: float = 1.0) -> None:
+        """``p += alpha * row`` for every parameter and its row of ``D`` (the block's shape)."""
+        if block.plain and D.shape == block.shape:
+            rows: list[Tensor] = list(D.unbind(0))
+        else:
+            out = block.extras.get("out")
+            if out is None:
+                out = block.extras["out"] = torch.empty(
+                    block.shape, dtype=D.dtype, device=block.device
+                )
+                block.extras["out_views"] = block.rows(out)
+            out.copy_(D)
+            rows = block.extras["out_views"]
+        if alpha == 1.0:
+            torch._foreach_add_(block.params, rows)
+        else:
+            torch._foreach_add_(block.params, rows, alpha=alpha)
+
+    # -- the step ---------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Take one step; ``closure`` (optional) re-evaluates the model and returns the loss."""
@@ -436,61 +754,71 @@ class NormOptimizer(Optimizer):
         return loss
 
     def _update(self, extra: Iterable[tuple[dict[str, Any], Tensor, Tensor]] = ()) -> bool:
-        """One step on the current gradients; False when the policy skipped it. ``extra`` as
-        in :meth:`_precheck`."""
-        mode = self._precheck(extra)
-        if mode == "skip":
-            return False
-        saved = self._snapshot() if mode == "guard" else None
-        plan: list[Plan] = []
-        for group in self.param_groups:
+        """One step on the current gradients. Returns False when the host-side policy skipped
+        or undid it (``"raise"`` and float16 paths); the device-side ``"skip"`` path cannot
+        know and returns True. ``extra`` as in :meth:`_precheck`."""
+        extra = list(extra)
+        entries = self._entries(extra)
+        host = any(g.get("nonfinite", "skip") == "raise" for g in self.param_groups) or any(
+            p.dtype == torch.float16 for _, p, _ in entries
+        )
+        saved = None
+        masks: dict[Any, Mask] = {}
+        if host:
+            mode = self._precheck(extra)
+            if mode == "skip":
+                if self._skipped is not None:
+                    self._skipped.add_(1)
+                return False
+            saved = self._snapshot() if mode == "guard" else None
+        else:
+            masks = self._masks(entries)
+        self._last_masks = masks
+        plan: list[Plan] | None = [] if self._global_combine else None
+        for gi, group in enumerate(self.param_groups):
             # an empty tensor has nothing to update (and norms cannot reduce over it)
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
-            if not params:
-                continue
-            buffers, directions = self._directions(group, params)
-            if self._global_combine:
-                plan.append((group, params, buffers, directions))
-            else:
-                for p, d in zip(params, directions):
-                    self._apply(p, d, self.state[p], group)
+            if params:
+                self._run_group(gi, group, params, masks, plan)
         if plan:
             self._combine(plan)
-            for group, params, _, directions in plan:
-                for p, d in zip(params, directions):
-                    self._apply(p, d, self.state[p], group)
+            for group, block, _, D in plan:
+                self._apply(group, block, D, masks.get(block.device))
         return True if saved is None else self._commit(saved)
 
     # -- state dicts ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["normopt_optimizer"] = type(self).__name__
-        return sd
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by :meth:`state_dict` of the same optimizer class, on
         parameters of the same layout; anything else is a ``ValueError``, never a silent
-        mismatch. State keeps the dtype a step would give it (float32 for bf16/fp16
+        mismatch. The class is read from the groups' ``normopt_optimizer`` key (kept by
+        ``torch.distributed.checkpoint``), or from the top-level key of older normopt state
+        dicts. State keeps the dtype a step would give it (float32 for bf16/fp16
         parameters: torch's loader would cast it to the parameter's dtype) and is copied,
         not shared with ``state_dict``."""
         if not isinstance(state_dict, dict) or "param_groups" not in state_dict:
             raise ValueError("state_dict: expected an optimizer state dict (with 'param_groups')")
-        kind = state_dict.get("normopt_optimizer")
-        if kind is None:
+        groups = [dict(g) for g in state_dict["param_groups"]]
+        kinds = {g.get("normopt_optimizer") for g in groups} | (
+            {state_dict["normopt_optimizer"]} if "normopt_optimizer" in state_dict else set()
+        )
+        kinds.discard(None)
+        if not kinds:
             raise ValueError(
-                f"state_dict: not saved by a normopt optimizer (no 'normopt_optimizer' key); "
-                f"cannot be loaded into {type(self).__name__}"
+                f"state_dict: not saved by a normopt optimizer (no 'normopt_optimizer' key in "
+                f"its param groups); cannot be loaded into {type(self).__name__}"
             )
-        if kind != type(self).__name__:
+        if kinds != {type(self).__name__}:
             raise ValueError(
-                f"state_dict: saved by {kind}, cannot be loaded into {type(self).__name__}"
+                f"state_dict: saved by {', '.join(sorted(map(str, kinds)))}, cannot be loaded "
+                f"into {type(self).__name__}"
             )
-        groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict: has {len(groups)} param groups, this optimizer has "
                 f"{len(self.param_groups)}"
             )
+        saved_state = {k: dict(v) for k, v in state_dict.get("state", {}).items()}
+        groups = self._upgrade(groups, saved_state)
         for gi, (saved, mine) in enumerate(zip(groups, self.param_groups)):
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(
@@ -511,7 +839,6 @@ class NormOptimizer(Optimizer):
             for g_saved, g in zip(groups, self.param_groups)
             for pid, p in zip(g_saved["params"], g["params"])
         }
-        saved_state = state_dict.get("state", {})
         for pid, st in saved_state.items():
             p = index.get(pid)
             if p is None:
@@ -526,10 +853,10 @@ class NormOptimizer(Optimizer):
                         f"state_dict: buffer {key!r} of parameter {pid} has shape "
                         f"{tuple(value.shape)}, the parameter has shape {tuple(p.shape)}"
                     )
-        sd = {k: v for k, v in state_dict.items() if k != "normopt_optimizer"}
+        sd = {"state": saved_state, "param_groups": [{**self.defaults, **g} for g in groups]}
         # a key missing from a saved group (added in a later version) takes its default
-        sd["param_groups"] = [{**self.defaults, **g} for g in groups]
         super().load_state_dict(sd)
+        self._blocks = {}  # state tensors are new: blocks are rebuilt from them on the next step
         # torch casts floating state to the parameter's dtype (and may share the tensors
         # with state_dict): put back the saved values, copied, in the dtype a step uses.
         for pid, st in saved_state.items():
@@ -539,8 +866,20 @@ class NormOptimizer(Optimizer):
             mine = self.state[p]
             for key, value in st.items():
                 if isinstance(value, Tensor):
+                    if key == "step":
+                        mine[key] = value.to(device=p.device, dtype=torch.float32, copy=True)
+                        continue
                     dtype = self._state_value_dtype(key, p) if value.is_floating_point() else None
                     mine[key] = value.to(device=p.device, dtype=dtype, copy=True)
+
+    def _upgrade(
+        self, groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Bring the groups (and state) of a state dict saved by an older normopt up to date."""
+        for g in groups:
+            g["normopt_optimizer"] = type(self).__name__
+            g.setdefault("foreach", True)
+        return groups
 
     def _state_value_dtype(self, key: str, p: Tensor) -> torch.dtype:
         """The dtype of a floating state tensor ``key`` of ``p`` (see :func:`_state_dtype`)."""
@@ -548,13 +887,57 @@ class NormOptimizer(Optimizer):
 
     def _per_param_keys(self) -> tuple[str, ...]:
         """State keys holding one value per parameter entry (checked on load)."""
-        return ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_param", "prev_grad")
+        return ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_param")
 
-    @staticmethod
-    def _buffer(state: dict[str, Any], key: str, p: Tensor) -> Tensor:
-        buf = state.get(key)
-        if buf is None:
-            buf = state[key] = torch.zeros_like(
-                p, dtype=_state_dtype(p), memory_format=torch.preserve_format
+
+def _param_list(params: Any) -> list[Any]:
+    """``params`` as a list, with torch's rules made explicit: a bare tensor or a non-iterable
+    is a ``TypeError`` naming ``params``; an empty list a ``ValueError``; named and unnamed
+    parameters may not be mixed (torch's own error)."""
+    if isinstance(params, Tensor):
+        raise TypeError(
+            "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
+            "got a single tensor"
+        )
+    if isinstance(params, str | bytes | dict) or not isinstance(params, Iterable):
+        raise TypeError(
+            "params: expected an iterable of tensors, param groups or (name, tensor) pairs, "
+            f"got {type(params).__name__}"
+        )
+    params = list(params)
+    if not params:
+        raise ValueError(
+            "params: empty parameter list; nothing to optimize (a model whose parameters "
+            "are all frozen has none)"
+        )
+    check_param_items("params", params)
+    return params
+
+
+def check_param_items(name: str, items: list[Any]) -> None:
+    """Every item a tensor, or every item a ``(name, tensor)`` pair, or every item a group;
+    mixing named and unnamed parameters is refused as torch refuses it."""
+    if all(isinstance(x, dict) for x in items):
+        for g in items:
+            if "params" in g:
+                inner = g["params"]
+                if isinstance(inner, Tensor):
+                    continue
+                check_param_items(name, list(inner))
+        return
+    named = [isinstance(x, tuple) for x in items]
+    if any(named) and not all(named):
+        raise ValueError(
+            "all optimizer params should be with/without names. Some param names are missing"
+        )
+    for x in items:
+        t = x[1] if isinstance(x, tuple) and len(x) == 2 else x
+        if isinstance(x, tuple) and len(x) != 2:
+            raise TypeError(
+                f"{name}: expected (name, tensor) pairs, got a tuple of length {len(x)}"
             )
-        return buf
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"{name}: expected tensors, param groups or (name, tensor) pairs, got "
+                f"{type(t).__name__}"
+            )

@@ -9,7 +9,16 @@ from torch import Tensor
 
 from normopt.linalg import POLAR_METHODS, polar
 from normopt.norms import L1, Norm
-from normopt.optim.base import NormOptimizer, check_betas, check_number, resolve_norm, split_view
+from normopt.optim import moves
+from normopt.optim.base import (
+    Block,
+    NormOptimizer,
+    check_betas,
+    check_number,
+    resolve_norm,
+    split_view,
+)
+from normopt.optim.moves import Mask
 
 __all__ = ["LionK", "Lion", "HuberNuclear", "gradient_of_K"]
 
@@ -102,7 +111,7 @@ class LionK(NormOptimizer):
         weight_decay: float = 0.0,
         polar: str | None = None,
         ns_steps: int | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "skip",
     ) -> None:
         K_obj = _resolve_K(K)
         self._K_cache: dict[str, Norm | HuberNuclear] = {}
@@ -157,15 +166,16 @@ class LionK(NormOptimizer):
         lead, rest = split_view(tuple(p.shape), group.get("batch_dims", 0), group.get("split", 1))
         return lead + self._K(group).fit(rest)
 
+    def _entrywise(self, group: dict[str, Any]) -> bool:
+        K = self._K(group)
+        return group["polar"] is None and isinstance(K, Norm) and K.dual().entrywise
+
     def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
         b1, b2 = group["betas"]
-        m = self._buffer(state, "momentum_buffer", p)  # m_t (accumulates -g)
-        g = grad.to(m.dtype)
-        v = m * b1 - g * (1.0 - b1)  # beta1 m_t - (1 - beta1) g_t, before m moves
-        m.mul_(b2).add_(g, alpha=-(1.0 - b2))  # m_{t+1} = beta2 m_t - (1 - beta2) g_t
-        return v
+        m = self._state(block, "momentum_buffer")  # m_t (accumulates -g)
+        return moves.lion_(m, G, b1, b2, mask)  # beta1 m_t - (1 - beta1) g_t; m moves to m_{t+1}
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         K = self._K(group)
@@ -173,13 +183,9 @@ class LionK(NormOptimizer):
             return polar(stack, group["polar"], group["ns_steps"])
         return gradient_of_K(K, stack)
 
-    def _apply(
-        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        if wd != 0:
-            p.mul_(1.0 - lr * wd)
-        p.add_(direction.to(p.dtype), alpha=lr)
+    def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
+        # x <- (1 - lr wd) x + lr grad K(...): the decoupled step with scale -1
+        self._decoupled_step(block, D, group["lr"], group["weight_decay"], -1.0, mask)
 
 
 class Lion(LionK):
@@ -208,7 +214,7 @@ class Lion(LionK):
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
-        nonfinite: str = "raise",
+        nonfinite: str = "skip",
     ) -> None:
         super().__init__(
             params, K=L1(), lr=lr, betas=betas, weight_decay=weight_decay, nonfinite=nonfinite

@@ -1,9 +1,11 @@
 """Muon (K. Jordan), its shape-scaling rules and its newer variants, with AdamW beside it.
 
-One ``Muon`` object optimizes a whole model: its param groups carry
-``use_muon`` (orthogonalized momentum) or not (AdamW, or normalized steepest
-descent under a group's ``norm``). Given an ``nn.Module`` it routes every
-tensor itself (:func:`normopt.param_groups`).
+One ``Muon`` object optimizes a whole model. Each param group runs one
+algorithm (its ``algorithm`` key): ``"muon"`` (orthogonalized momentum),
+``"adamw"`` (with the group's own ``lr``, ``betas``, ``eps``, ``weight_decay``,
+so schedulers reach it) or ``"norm"`` (normalized steepest descent under the
+group's ``norm``). Given an ``nn.Module`` it routes every tensor itself
+(:func:`normopt.param_groups`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ from torch import Tensor, nn
 from normopt import kernels
 from normopt.linalg import POLAR_METHODS, get_schedule, polar
 from normopt.norms import Frobenius, KyFanDual
-from normopt.optim.base import NormOptimizer, check_betas, check_bool, check_number, split_view
+from normopt.optim import moves
+from normopt.optim.adamw import adamw_group_step
+from normopt.optim.base import (
+    Block,
+    NormOptimizer,
+    check_betas,
+    check_bool,
+    check_number,
+    split_view,
+)
+from normopt.optim.moves import Mask
 
-__all__ = ["Muon", "ADJUST_LR", "adjust_lr_factor"]
+__all__ = ["Muon", "ADJUST_LR", "ALGORITHMS", "adjust_lr_factor"]
 
 
 def _original(d_out: int, d_in: int) -> float:
@@ -48,6 +60,14 @@ ADJUST_LR: dict[str, Callable[[int, int], float]] = {
 _ADJUST_ALIASES = {"jordan": "original", "moonlight": "match_rms_adamw", None: "none"}
 
 VARIANTS = (None, "fanion", "f_muon", "s_muon")
+ALGORITHMS = ("muon", "adamw", "norm")
+# What an "adamw" group takes from the constructor's adamw_* arguments when it does not say.
+_ADAMW_KEYS = {
+    "lr": "adamw_lr",
+    "betas": "adamw_betas",
+    "eps": "adamw_eps",
+    "weight_decay": "adamw_weight_decay",
+}
 
 # The quintic polar methods that normopt.kernels has fast paths for, with their schedules
 # (as in normopt.linalg.polar; tests/kernels checks that the two agree).
@@ -80,20 +100,30 @@ class Muon(NormOptimizer):
     ``batch_dims`` (leading dims that are a batch: 3-D expert stacks) or
     ``split`` (a fused QKV weight split into ``split`` matrices along dim 0).
     Matrices of one group with equal shapes are orthogonalized together as one
-    batched stack.
+    batched stack, and their momentum is kept as one stacked tensor.
 
-    Other tensors (``use_muon=False`` groups: embeddings, output head, gains,
-    biases) get AdamW with the ``adamw_*`` hyperparameters, or, when the group
-    has a ``norm``, normalized steepest descent with Muon's momentum under that
-    norm (``W <- (1 - lr wd) W - lr dualize(M)``). A ``use_muon=True`` group
-    with a ``norm`` uses that norm's dualize in place of the polar factor.
+    **One algorithm per param group** (key ``algorithm``; KellerJordan's ``use_muon``
+    is accepted too):
+
+    - ``"muon"``: the update above;
+    - ``"adamw"``: AdamW with the group's own ``lr``, ``betas``, ``eps`` and
+      ``weight_decay`` (defaults from the ``adamw_*`` arguments), torch's fused
+      kernel where the device has one (bit for bit ``torch.optim.AdamW(fused=True)``);
+      embeddings, the output head, gains and biases get it. Every scheduler and
+      framework that edits ``group["lr"]`` reaches these groups;
+    - ``"norm"``: normalized steepest descent with Muon's momentum under the group's
+      ``norm`` (``W <- (1 - lr wd) W - lr dualize(M)``).
+
+    A ``"muon"`` group with a ``norm`` uses that norm's dualize in place of the polar
+    factor. A group given without ``algorithm`` (also through :meth:`add_param_group`
+    on a model-built Muon) gets ``"muon"`` if every tensor has ``ndim >= 2``,
+    ``"adamw"`` if none has, and a mix is split into one group of each.
 
     Args:
         params_or_model: an ``nn.Module`` (routed by :func:`normopt.param_groups`),
-            or params / param groups (keys ``use_muon``, ``norm``, ``batch_dims``,
-            ``split`` and any hyperparameter below). Plain tensors with
-            ``ndim >= 2`` get Muon, the rest AdamW.
-        lr: Muon's learning rate (0.02).
+            or params / param groups (keys ``algorithm``, ``norm``, ``batch_dims``,
+            ``split`` and any hyperparameter below).
+        lr: Muon's learning rate (0.02); a float or a tensor.
         momentum: ``beta`` (0.95). nesterov: Nesterov momentum (True).
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).
         polar: polar method name (``"newton_schulz"``; see :func:`normopt.linalg.polar`).
@@ -109,9 +139,11 @@ class Muon(NormOptimizer):
             or ``"s_muon"`` (``a U V^T + (1-a) sign(M)``); arXiv 2512.09678.
         variant_k: ``k`` of Fanion-k (1). variant_a: ``a`` of F-/S-Muon (0.5; the
             paper's default was not verified here).
-        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: AdamW for the rest
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the defaults of the
+            ``"adamw"`` groups' ``lr``, ``betas``, ``eps``, ``weight_decay``
             (3e-4, (0.9, 0.95), 1e-10, 0).
-        nonfinite: ``"raise"`` or ``"skip"`` (see :class:`NormOptimizer`).
+        nonfinite: ``"skip"`` or ``"raise"`` (see :class:`NormOptimizer`).
+        foreach: stacks and foreach lists (True) or the per-parameter reference (False).
 
     Example:
         >>> import torch, normopt
@@ -127,7 +159,7 @@ class Muon(NormOptimizer):
     def __init__(
         self,
         params_or_model: Any,
-        lr: float = 0.02,
+        lr: float | Tensor = 0.02,
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
@@ -138,11 +170,12 @@ class Muon(NormOptimizer):
         variant: str | None = None,
         variant_k: int = 1,
         variant_a: float = 0.5,
-        adamw_lr: float = 3e-4,
+        adamw_lr: float | Tensor = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-10,
         adamw_weight_decay: float = 0.0,
-        nonfinite: str = "raise",
+        nonfinite: str = "skip",
+        foreach: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -157,16 +190,117 @@ class Muon(NormOptimizer):
             variant_k=variant_k,
             variant_a=variant_a,
             adamw_lr=adamw_lr,
-            adamw_betas=tuple(adamw_betas),
+            adamw_betas=tuple(adamw_betas)
+            if isinstance(adamw_betas, tuple | list)
+            else adamw_betas,
             adamw_eps=adamw_eps,
             adamw_weight_decay=adamw_weight_decay,
             nonfinite=nonfinite,
+            foreach=foreach,
         )
+        # the adamw_* arguments are defaults of groups that may not exist yet: check them now
+        check_number("adamw_lr", adamw_lr)
+        check_betas("adamw_betas", adamw_betas)
+        check_number("adamw_eps", adamw_eps, 0.0, math.inf, low_open=True)
+        check_number("adamw_weight_decay", adamw_weight_decay)
         super().__init__(_muon_groups(params_or_model), defaults)
+
+    def _grad_bound(self, group: dict[str, Any], dtype: torch.dtype, n: int) -> float:
+        if group["algorithm"] == "adamw":  # g^2 must stay finite
+            return math.sqrt(torch.finfo(dtype).max / (64 * n))
+        return super()._grad_bound(group, dtype, n)
+
+    # -- groups ------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; see the class docstring for the algorithm a group without one gets.
+        On an optimizer built from a model (named parameters), plain tensors get names
+        ``"group{i}.{j}"``."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        items = (
+            [params] if isinstance(params, Tensor) else list(params if params is not None else [])
+        )
+        if self.param_groups and items:
+            named = "param_names" in self.param_groups[0]
+            if named and not any(isinstance(x, tuple) for x in items):
+                items = [(f"group{len(self.param_groups)}.{j}", t) for j, t in enumerate(items)]
+        group["params"] = items
+        algo = group.get("algorithm")
+        if algo is None and "use_muon" not in group:
+            tensors = [x[1] if isinstance(x, tuple) else x for x in items]
+            mats = [isinstance(t, Tensor) and t.ndim >= 2 for t in tensors]
+            if any(mats) and not all(mats):  # split: one group of each
+                self.add_param_group(
+                    {**group, "params": [x for x, m in zip(items, mats) if m], "algorithm": "muon"}
+                )
+                self.add_param_group(
+                    {
+                        **group,
+                        "params": [x for x, m in zip(items, mats) if not m],
+                        "algorithm": "adamw",
+                    }
+                )
+                return
+            algo = "muon" if all(mats) else "adamw"
+        elif algo is None:
+            use = group["use_muon"]
+            if not isinstance(use, bool):
+                raise ValueError(f"use_muon: expected True or False, got {use!r}")
+            algo = "muon" if use else ("norm" if group.get("norm") is not None else "adamw")
+        if algo not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {list(ALGORITHMS)}, got {algo!r}")
+        if "use_muon" in group and group["use_muon"] != (algo == "muon"):
+            raise ValueError(f"use_muon: {group['use_muon']!r} contradicts algorithm={algo!r}")
+        group["algorithm"] = algo
+        group["use_muon"] = algo == "muon"
+        if algo == "adamw":
+            for key, source in _ADAMW_KEYS.items():
+                group.setdefault(key, self.defaults[source])
+        super().add_param_group(group)
+        # the adamw_* arguments are the "adamw" groups' defaults, not keys of any group
+        for key in _ADAMW_KEYS.values():
+            self.param_groups[-1].pop(key, None)
+
+    def _upgrade(
+        self, groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        # normopt <= 0.1: AdamW groups carried an unused lr and read adamw_*; the step count
+        # was a Python int.
+        for g in groups:
+            if "algorithm" not in g:
+                use = g.get("use_muon", True)
+                g["algorithm"] = (
+                    "muon" if use else ("norm" if g.get("norm") is not None else "adamw")
+                )
+                if g["algorithm"] == "adamw":
+                    for key, source in _ADAMW_KEYS.items():
+                        if source in g:
+                            g[key] = g[source]
+            for key in _ADAMW_KEYS.values():
+                g.pop(key, None)
+            if g["algorithm"] == "adamw":
+                for key, source in _ADAMW_KEYS.items():
+                    g.setdefault(key, self.defaults[source])
+                for pid in g["params"]:
+                    st = state.get(pid)
+                    if st is not None and "step" in st and not isinstance(st["step"], Tensor):
+                        st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+        return super()._upgrade(groups, state)
 
     # -- validation ------------------------------------------------------------------------
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
+        algo = group.get("algorithm", "muon")
+        if algo not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {list(ALGORITHMS)}, got {algo!r}")
+        if algo == "adamw":
+            check_betas("betas", group["betas"])
+            # eps > 0: with eps = 0 a zero gradient gives 0 / 0 and a tiny one (g^2 underflows) Inf
+            check_number("eps", group["eps"], 0.0, math.inf, low_open=True)
+            check_number("weight_decay", group["weight_decay"])
+            return
         check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_bool("nesterov", group["nesterov"])
         check_number("weight_decay", group["weight_decay"])
@@ -196,27 +330,12 @@ class Muon(NormOptimizer):
         ):
             raise ValueError(f"variant_k: expected an integer >= 1, got {group['variant_k']!r}")
         check_number("variant_a", group["variant_a"], 0.0, 1.0)
-        check_number("adamw_lr", group["adamw_lr"])
-        check_betas("adamw_betas", group["adamw_betas"])
-        # eps > 0: with eps = 0 a zero gradient gives 0 / 0 and a tiny one (g^2 underflows) Inf
-        check_number("adamw_eps", group["adamw_eps"], 0.0, math.inf, low_open=True)
-        check_number("adamw_weight_decay", group["adamw_weight_decay"])
-        group.setdefault("use_muon", True)
-        kind = self._kind(group)
-        if kind in ("muon", "norm"):
-            for p in group["params"]:
-                self._element_shape(p, group)  # raises on a shape the group cannot carry
-
-    @staticmethod
-    def _kind(group: dict[str, Any]) -> str:
-        if group["use_muon"]:
-            return "muon"
-        return "norm" if group.get("norm") is not None else "adamw"
+        for p in group["params"]:
+            self._element_shape(p, group)  # raises on a shape the group cannot carry
 
     # -- the three moves -------------------------------------------------------------------
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        kind = self._kind(group)
-        if kind == "adamw":
+        if group["algorithm"] == "adamw":
             return tuple(p.shape)
         lead, rest = split_view(tuple(p.shape), group["batch_dims"], group["split"])
         if group.get("norm") is not None:
@@ -224,33 +343,31 @@ class Muon(NormOptimizer):
         if len(rest) < 2:
             raise ValueError(
                 f"params: Muon needs matrices (ndim >= 2 after the batch dims), got shape "
-                f"{tuple(p.shape)}; route it to AdamW with use_muon=False"
+                f"{tuple(p.shape)}; route it to AdamW with algorithm='adamw'"
             )
         return (*lead, rest[0], math.prod(rest[1:]))
 
-    def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> Tensor:
-        if self._kind(group) == "adamw":
-            return self._adamw_direction(p, grad, state, group)
-        beta = group["momentum"]
-        buf = self._buffer(state, "momentum_buffer", p)
-        g = grad.to(buf.dtype)
-        buf.lerp_(g, 1.0 - beta)  # B = beta B + (1 - beta) G
-        return g.lerp(buf, beta) if group["nesterov"] else buf  # (1 - beta) G + beta B
+    def _entrywise(self, group: dict[str, Any]) -> bool:
+        return group.get("norm") is not None and self._norm(group).entrywise
 
-    def _adamw_direction(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+    def _run_group(
+        self,
+        gi: int,
+        group: dict[str, Any],
+        params: list[Tensor],
+        masks: dict[Any, Mask],
+        plan: Any,
+    ) -> None:
+        if group["algorithm"] == "adamw":
+            adamw_group_step(self, gi, group, params, masks)
+        else:
+            super()._run_group(gi, group, params, masks, plan)
+
+    def _accumulate(
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
-        b1, b2 = group["adamw_betas"]
-        m = self._buffer(state, "exp_avg", p)
-        v = self._buffer(state, "exp_avg_sq", p)
-        step = state["step"] = state.get("step", 0) + 1
-        g = grad.to(m.dtype)
-        m.lerp_(g, 1.0 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-        denom = (v / (1.0 - b2**step)).sqrt_().add_(group["adamw_eps"])
-        return (m / (1.0 - b1**step)) / denom
+        buf = self._state(block, "momentum_buffer")
+        return moves.ema_(buf, G, group["momentum"], group["nesterov"], mask)
 
     def _orthogonalize(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         name = group["polar_dtype"]
@@ -272,14 +389,11 @@ class Muon(NormOptimizer):
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute
         # with transposition, so a tall matrix may join the stack of its transpose (not a
         # group with its own norm). On by default on CUDA only.
-        if self._kind(group) != "muon" or group.get("norm") is not None:
+        if group["algorithm"] != "muon" or group.get("norm") is not None:
             return [False] * len(params)
         return [kernels.merge_transposed_enabled(p.device) for p in params]
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
-        kind = self._kind(group)
-        if kind == "adamw":
-            return stack
         if group.get("norm") is not None:
             return self._norm(group).dualize(stack)
         variant = group["variant"]
@@ -292,49 +406,53 @@ class Muon(NormOptimizer):
         other = Frobenius().dualize(stack) if variant == "f_muon" else torch.sign(stack)
         return a * O + (1.0 - a) * other
 
-    def _apply(
-        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> None:
-        kind = self._kind(group)
-        if kind == "adamw":
-            lr, wd = group["adamw_lr"], group["adamw_weight_decay"]
-            scale = 1.0
-        else:
-            lr, wd = group["lr"], group["weight_decay"]
-            scale = 1.0
-            if kind == "muon" and group.get("norm") is None:
+    def lr_scale(self, p: Tensor) -> float:
+        """The factor this optimizer multiplies ``lr`` by for parameter ``p`` (Muon's shape
+        scale under the group's ``adjust_lr`` rule; 1 for other algorithms)."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                if group["algorithm"] != "muon" or group.get("norm") is not None:
+                    return 1.0
                 shape = self._element_shape(p, group)
-                scale = adjust_lr_factor(group["adjust_lr"], shape[-2], shape[-1])
-        if wd != 0:
-            p.mul_(1.0 - lr * wd)
-        p.add_(direction.to(p.dtype), alpha=-lr * scale)
+                return adjust_lr_factor(group["adjust_lr"], shape[-2], shape[-1])
+        raise ValueError("p: not a parameter of this optimizer")
+
+    def _scale(self, group: dict[str, Any], block: Block) -> float | Tensor:
+        """The shape scale of each row of ``block`` (a float when all rows share it)."""
+        scale = block.extras.get("scale")
+        if scale is None or block.extras.get("scale_rule") != group["adjust_lr"]:
+            if group["algorithm"] != "muon" or group.get("norm") is not None:
+                scale = 1.0
+            else:
+                rows = []
+                for p in block.params:
+                    shape = self._element_shape(p, group)
+                    rows.append(adjust_lr_factor(group["adjust_lr"], shape[-2], shape[-1]))
+                scale = rows[0]
+                if any(r != rows[0] for r in rows):
+                    scale = block.per_param(
+                        torch.tensor(rows, dtype=block.dtype, device=block.device)
+                    )
+            block.extras["scale"], block.extras["scale_rule"] = scale, group["adjust_lr"]
+        return scale
+
+    def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
+        self._decoupled_step(
+            block,
+            D,
+            group["lr"],
+            group["weight_decay"],
+            self._scale(group, block),
+            mask,
+            protected=tuple(block.buffers.values()) + (block.grad,),
+        )
 
 
 def _muon_groups(params_or_model: Any) -> Any:
-    """A model is routed; plain tensors are split by ndim; groups pass through."""
+    """A model is routed; everything else goes to :meth:`Muon.add_param_group`, which splits
+    plain tensors by ndim."""
     if isinstance(params_or_model, nn.Module):
         from normopt.optim.routing import param_groups
 
         return param_groups(params_or_model, preset="muon")
-    if isinstance(params_or_model, Tensor):
-        return params_or_model  # the base class raises the TypeError
-    items = list(params_or_model)
-    if not items or isinstance(items[0], dict):
-        return items
-    if isinstance(items[0], tuple):  # (name, tensor) pairs
-        mats = [(n, t) for n, t in items if t.ndim >= 2]
-        rest = [(n, t) for n, t in items if t.ndim < 2]
-        groups: list[dict[str, Any]] = []
-        if mats:
-            groups.append({"params": mats, "use_muon": True})
-        if rest:
-            groups.append({"params": rest, "use_muon": False})
-        return groups
-    mats_t = [t for t in items if isinstance(t, Tensor) and t.ndim >= 2]
-    rest_t = [t for t in items if not (isinstance(t, Tensor) and t.ndim >= 2)]
-    out: list[dict[str, Any]] = []
-    if mats_t:
-        out.append({"params": mats_t, "use_muon": True})
-    if rest_t:
-        out.append({"params": rest_t, "use_muon": False})
-    return out
+    return params_or_model

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt.optim.base import NonFiniteGradientError
+from normopt.optim import moves
+from normopt.optim.base import Block, NonFiniteGradientError
+from normopt.optim.moves import Mask
 from normopt.optim.muon import Muon
 
 __all__ = ["MuonMVR2"]
@@ -55,20 +57,37 @@ class MuonMVR2(Muon):
         self.__dict__.setdefault("_prev_grads", {})
 
     def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
-        if self._kind(group) == "adamw":
-            return super()._accumulate(p, grad, state, group)
         beta = group["momentum"]
-        g = grad.to(self._buffer(state, "momentum_buffer", p).dtype)
-        prev = self._prev_grads.get(p)
-        if prev is None:  # first step: M_0 = G(X_0; xi_0)
-            state["momentum_buffer"].copy_(g)
+        buf = self._state(block, "momentum_buffer")
+        prev = [self._prev_grads.get(p) for p in block.params]
+        have = [q is not None for q in prev]
+        if not any(have):  # first step: M_0 = G(X_0; xi_0) (lerp with weight 1 is exact)
+            moves.lerp_(buf, G, 1.0 if mask is None else mask.ok(buf.dtype))
         else:
-            buf = state["momentum_buffer"]
-            buf.lerp_(g, 1.0 - beta).add_(g - prev.to(buf.dtype), alpha=beta)
-        buf = state["momentum_buffer"]
-        return g.lerp(buf, beta) if group["nesterov"] else buf
+            P = block.extras.get("prev_grad")
+            if P is None:
+                P = block.extras["prev_grad"] = torch.zeros_like(block.grad)
+                block.extras["prev_grad_views"] = block.rows(P)
+            views = block.extras["prev_grad_views"]
+            pairs = [(v, q) for v, q in zip(views, prev) if q is not None]
+            if not all(have):
+                P.zero_()
+            torch._foreach_copy_([v for v, _ in pairs], [q for _, q in pairs])
+            if mask is not None:
+                P.masked_fill_(mask.bad, 0.0)
+            if all(have):
+                w: Any = 1.0 - beta
+                corr: Any = beta
+            else:  # rows without a previous gradient start at M_0 = G
+                rows = torch.tensor(have, device=block.device)
+                w = block.per_param(torch.where(rows, 1.0 - beta, 1.0).to(buf.dtype))
+                corr = block.per_param(torch.where(rows, beta, 0.0).to(buf.dtype))
+            if mask is not None:
+                w = mask.ok(buf.dtype) * w
+            buf.lerp_(G, w).add_((G - P) * corr)  # zero on a skipped step
+        return G.lerp(buf, beta) if group["nesterov"] else buf
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -99,7 +118,13 @@ class MuonMVR2(Muon):
                 for p, value, grad in current:
                     p.copy_(value)
                     p.grad = grad
-            bad = [p for p, g in self._prev_grads.items() if not bool(torch.isfinite(g).all())]
+            # "raise" checks the second gradients on the host (it syncs anyway); "skip" masks
+            # them on the device with the first ones (the extra entries below)
+            bad = [
+                p
+                for p, g in self._prev_grads.items()
+                if self._policy(p) == "raise" and not bool(torch.isfinite(g).all())
+            ]
             if bad:
                 self._prev_grads = {}
                 group = next(g for g in self.param_groups if any(q is bad[0] for q in g["params"]))
@@ -113,12 +138,24 @@ class MuonMVR2(Muon):
         extra = [(groups[p], p, g) for p, g in self._prev_grads.items()]
         try:
             if self._update(extra):  # the second gradients count for the overflow guard too
+                masks = self._last_masks  # empty when the host-side path ran
                 for p in params:
-                    self.state[p]["prev_param"] = snapshot[p]
-            # else policy "skip": nothing moved, X_{t-1} stays
+                    old = self.state[p].get("prev_param")
+                    mask = masks.get(p.device)
+                    if old is None or mask is None:
+                        self.state[p]["prev_param"] = snapshot[p]
+                    else:  # a skipped step keeps X_{t-1}, decided on the device
+                        torch.where(mask.bad, old, snapshot[p], out=old)
+            # else (host-side policy): nothing moved, X_{t-1} stays
         finally:
             self._prev_grads = {}
         return loss
+
+    def _policy(self, p: Tensor) -> str:
+        for g in self.param_groups:
+            if any(q is p for q in g["params"]):
+                return str(g.get("nonfinite", "skip"))
+        return "skip"
 
     def _state_value_dtype(self, key: str, p: Tensor) -> torch.dtype:
         return p.dtype if key == "prev_param" else super()._state_value_dtype(key, p)

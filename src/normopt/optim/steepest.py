@@ -9,13 +9,16 @@ import torch
 from torch import Tensor
 
 from normopt.norms import Norm
+from normopt.optim import moves
 from normopt.optim.base import (
+    Block,
     NormOptimizer,
     Plan,
     check_bool,
     check_number,
     split_view,
 )
+from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]
 
@@ -66,7 +69,7 @@ class SteepestDescent(NormOptimizer):
         modular: bool = False,
         scale: float = 1.0,
         radius: float | None = None,
-        nonfinite: str = "raise",
+        nonfinite: str = "skip",
     ) -> None:
         self._global_combine = bool(modular)
         defaults = dict(
@@ -105,22 +108,19 @@ class SteepestDescent(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return _element(self, p, group)
 
+    def _entrywise(self, group: dict[str, Any]) -> bool:
+        # sign is entrywise; the unnormalized step multiplies it by a per-tensor dual norm
+        normalized = group["normalized"] or group["radius"] is not None
+        return normalized and not group["modular"] and self._norm(group).entrywise
+
     def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
         beta = group["momentum"]
         if beta == 0:
-            return (
-                grad if grad.dtype == self._state_dtype_of(p) else grad.to(self._state_dtype_of(p))
-            )
-        buf = self._buffer(state, "momentum_buffer", p)
-        g = grad.to(buf.dtype)
-        buf.lerp_(g, 1.0 - beta)
-        return g.lerp(buf, beta) if group["nesterov"] else buf
-
-    @staticmethod
-    def _state_dtype_of(p: Tensor) -> torch.dtype:
-        return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+            return G  # m = g (the block's copy of the gradients; zero on a skipped step)
+        buf = self._state(block, "momentum_buffer")
+        return moves.ema_(buf, G, beta, group["nesterov"], mask)
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         norm = self._norm(group)
@@ -132,32 +132,46 @@ class SteepestDescent(NormOptimizer):
 
     def _combine(self, plan: list[Plan]) -> None:
         # SPEC A2: eta = sum_k ||m_k||_dual / s_k over every block of every group (lr is
-        # applied in _apply); block l moves -(lr eta / s_l) dualize(m_l).
-        eta = 0.0
-        for group, params, buffers, _ in plan:
-            if group["normalized"]:
-                continue
-            norm = self._norm(group)
-            for p, m in zip(params, buffers):
-                eta += (
-                    float(norm.dual_norm(m.reshape(self._element_shape(p, group))).sum())
-                    / group["scale"]
-                )
-        for group, _, _, directions in plan:
-            factor = (1.0 if group["normalized"] else eta) / group["scale"]
-            for i, d in enumerate(directions):
-                directions[i] = d * factor
+        # applied in _apply); block l moves -(lr eta / s_l) dualize(m_l). eta stays a device
+        # tensor: nothing is read back.
+        parts = []
+        for group, _, M, _ in plan:
+            if not group["normalized"]:
+                parts.append(self._norm(group).dual_norm(M).sum() / group["scale"])
+        eta = None
+        if parts:
+            first = parts[0].device
+            eta = torch.stack([t.to(first) for t in parts]).sum()
+        for i, (group, block, M, D) in enumerate(plan):
+            if group["normalized"] or eta is None:
+                factor: Any = 1.0 / group["scale"]
+            else:
+                factor = eta.to(D.device, D.dtype) / group["scale"]
+            plan[i] = (group, block, M, D * factor)
 
-    def _apply(
-        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> None:
+    def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
         lr, radius = group["lr"], group["radius"]
-        if radius is not None:
-            p.mul_(1.0 - lr).add_(direction.to(p.dtype), alpha=-lr * radius)
+        if radius is not None:  # Frank-Wolfe: W <- (1 - lr) W - lr R D
+            self._frank_wolfe(block, D, lr, radius, mask)
             return
-        if group["weight_decay"] != 0:
-            p.mul_(1.0 - lr * group["weight_decay"])
-        p.add_(direction.to(p.dtype), alpha=-lr)
+        self._decoupled_step(
+            block, D, lr, group["weight_decay"], 1.0, mask, protected=(block.grad,)
+        )
+
+    def _frank_wolfe(
+        self, block: Block, D: Tensor, lr: Any, radius: float, mask: Mask | None
+    ) -> None:
+        decay = 1.0 - lr
+        if mask is not None:
+            decay = mask.decay(decay, block.dtype)
+        torch._foreach_mul_(block.params, decay)
+        coef: Any = -lr * radius
+        if mask is None and not isinstance(lr, Tensor):
+            self._add_rows(block, D, alpha=coef)
+            return
+        if mask is not None:
+            coef = mask.scaled(coef, block.dtype)
+        self._add_rows(block, D * coef)
 
 
 class TrustRegion(NormOptimizer):
@@ -192,7 +206,7 @@ class TrustRegion(NormOptimizer):
         lr: float,
         alpha: float,
         weight_decay: float = 0.0,
-        nonfinite: str = "raise",
+        nonfinite: str = "skip",
     ) -> None:
         defaults = dict(
             norm=norm,
@@ -213,21 +227,30 @@ class TrustRegion(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return _element(self, p, group)
 
+    def _entrywise(self, group: dict[str, Any]) -> bool:
+        return self._norm(group).entrywise
+
     def _accumulate(
-        self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]
+        self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = grad.to(SteepestDescent._state_dtype_of(p)).clone()
-            return state["momentum_buffer"]  # m_0 = g(x_0)
-        buf = state["momentum_buffer"]
-        return buf.lerp_(grad.to(buf.dtype), group["alpha"])
+        # m_0 = g(x_0): a parameter's first step (its step count is 0) takes alpha = 1
+        step = self._counter(block)  # (B,), the rows are state[p]["step"]
+        alpha = block.per_param(torch.where(step == 0, 1.0, group["alpha"]).to(block.dtype))
+        buf = self._state(block, "momentum_buffer")
+        moves.kovalev_(buf, G, alpha, mask)
+        step.add_(1.0 if mask is None else mask.ok(step.dtype))
+        return buf
 
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         return self._norm(group).dualize(stack)
 
-    def _apply(
-        self, p: Tensor, direction: Tensor, state: dict[str, Any], group: dict[str, Any]
-    ) -> None:
-        if group["weight_decay"] != 0:
-            p.mul_(1.0 - group["weight_decay"])
-        p.add_(direction.to(p.dtype), alpha=-group["lr"])
+    def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
+        # x <- (1 - wd) x - lr D (wd is not multiplied by lr here): the decoupled step with
+        # lr * wd' = wd, i.e. wd' = wd / lr
+        wd = group["weight_decay"]
+        if wd != 0:
+            decay = 1.0 - wd
+            torch._foreach_mul_(
+                block.params, decay if mask is None else mask.decay(decay, block.dtype)
+            )
+        self._decoupled_step(block, D, group["lr"], 0.0, 1.0, mask)

@@ -1,0 +1,142 @@
+"""AdamW as a group algorithm: torch's fused kernel where it applies, the moves elsewhere.
+
+A group running AdamW (``Muon``'s ``algorithm="adamw"`` groups) carries its own
+``lr``, ``betas``, ``eps`` and ``weight_decay``. Per (device, dtype):
+
+- **fused**: float32/float64 parameters whose gradients share their dtype, on a
+  device with torch's fused Adam kernel (CPU, CUDA, ...; and ``meta`` for a float
+  ``lr``): ``torch._fused_adamw_`` with the same arguments ``torch.optim.AdamW
+  (fused=True)`` passes, so the two agree bit for bit; a skipped step is the
+  kernel's own ``found_inf``. Three aten ops per step.
+- **moves**: everything else (bf16/fp16 parameters, whose state is kept in
+  float32; ``foreach=False``, the per-parameter reference): a flat block and
+  :func:`normopt.optim.moves.adam_`, with a per-parameter ``step`` tensor.
+
+Update (Loshchilov & Hutter, arXiv 1711.05101), with ``t`` the parameter's step::
+
+    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+    W <- (1 - lr wd) W - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from torch import Tensor
+
+from normopt.optim import moves
+from normopt.optim.moves import Mask
+
+if TYPE_CHECKING:
+    from normopt.optim.base import NormOptimizer
+
+__all__ = ["adamw_group_step", "fused_devices"]
+
+
+def fused_devices() -> tuple[str, ...]:
+    """Device types with torch's fused Adam kernel (plus ``meta``, which has its shape rule)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        found = tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch without the helper: the two it always had
+        found = ("cuda", "cpu")
+    return (*found, "meta")
+
+
+def _fusable(p: Tensor, lr: Any, foreach: bool) -> bool:
+    g = cast(Tensor, p.grad)
+    return (
+        foreach
+        and p.dtype in (torch.float32, torch.float64)
+        and g.dtype == p.dtype
+        and p.device.type in fused_devices()
+        and not (isinstance(lr, Tensor) and p.device.type == "meta")  # no meta rule for it
+    )
+
+
+def _lr_on(lr: Any, device: torch.device) -> Any:
+    if not isinstance(lr, Tensor):
+        return lr
+    lr = lr.reshape(()) if lr.ndim else lr
+    return lr if lr.device == device else lr.to(device)
+
+
+def adamw_group_step(
+    opt: NormOptimizer,
+    gi: int,
+    group: dict[str, Any],
+    params: list[Tensor],
+    masks: dict[Any, Mask],
+) -> None:
+    """One AdamW step for the parameters of ``group`` that have gradients."""
+    fused: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    rest: list[Tensor] = []
+    for p in params:
+        if _fusable(p, group["lr"], group["foreach"]):
+            fused.setdefault((p.device, p.dtype), []).append(p)
+        else:
+            rest.append(p)
+    for (device, _), ps in fused.items():
+        _fused(opt, group, ps, masks.get(device))
+    if rest:
+        for block in opt._blocks_for(gi, group, rest):
+            _flat(opt, group, block, masks.get(block.device))
+
+
+def _fused(
+    opt: NormOptimizer, group: dict[str, Any], params: list[Tensor], mask: Mask | None
+) -> None:
+    b1, b2 = group["betas"]
+    ms, vs, steps = [], [], []
+    for p in params:
+        st = opt.state[p]
+        if "step" not in st:  # lazy state, as torch.optim.AdamW creates it
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        ms.append(st["exp_avg"])
+        vs.append(st["exp_avg_sq"])
+        steps.append(st["step"])
+    found = None if mask is None else mask.found_inf()
+    torch._foreach_add_(steps, 1)
+    torch._fused_adamw_(
+        params,
+        [cast(Tensor, p.grad) for p in params],
+        ms,
+        vs,
+        [],
+        steps,
+        amsgrad=False,
+        lr=_lr_on(group["lr"], params[0].device),
+        beta1=b1,
+        beta2=b2,
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=False,
+        grad_scale=None,
+        found_inf=found,
+    )
+    if found is not None:  # the kernel skipped the step: so does the count (as torch does)
+        torch._foreach_sub_(steps, [found] * len(steps))
+
+
+def _flat(opt: NormOptimizer, group: dict[str, Any], block: Any, mask: Mask | None) -> None:
+    b1, b2 = group["betas"]
+    G = block.grad
+    torch._foreach_copy_(block.grad_views, [cast(Tensor, p.grad) for p in block.params])
+    if mask is not None:
+        G.masked_fill_(mask.bad, 0.0)
+    step = opt._counter(block)  # (B,), the rows are state[p]["step"]
+    step.add_(1.0 if mask is None else mask.ok(step.dtype))
+    m = opt._state(block, "exp_avg")
+    v = opt._state(block, "exp_avg_sq")
+    moves.adam_(m, v, G, b1, b2, mask)
+    t = step.to(block.dtype)
+    bc1 = block.per_param(1.0 - torch.pow(b1, t))  # 1 - b1^t per entry
+    bc2 = block.per_param(1.0 - torch.pow(b2, t))
+    denom = (v / bc2).sqrt_().add_(group["eps"])
+    D = (m / bc1).div_(denom)
+    lr = _lr_on(group["lr"], block.device)
+    opt._decoupled_step(block, D, lr, group["weight_decay"], 1.0, mask)

@@ -7,17 +7,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "normopt"
 # Lower index = lower layer. A module may import its own layer and those below.
-# norms needs the polar factor: linalg sits under norms in practice (DESIGN.md lists norms
-# first, but a norm's dualize calls linalg.polar). kernels' references are linalg's own
-# functions, so kernels sits on linalg. Ranks: linalg < norms, kernels.
+# linalg < kernels < norms < optim: kernels' references are linalg's own functions, and a
+# norm's dualize reaches U V^T through kernels.polar, the one polar entry point (linalg's
+# reference behind it, the fast paths beside it). DESIGN.md lists the layers top down.
 RANK = {
     "linalg": 0,
     "kernels": 1,
-    "norms": 1,
-    "optim": 2,
-    "distributed": 3,
-    "theory": 3,
-    "experiments": 4,
+    "norms": 2,
+    "optim": 3,
+    "distributed": 4,
+    "theory": 4,
+    "experiments": 5,
 }
 
 

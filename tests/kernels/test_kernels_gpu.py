@@ -77,3 +77,17 @@ def test_muon_on_cuda_merged_matches_cpu_reference():
     for a, b in zip(cpu, gpu):
         # three steps of lr * scale * O; bf16 on both sides, rounded differently
         assert float((a.detach() - b.detach().cpu()).abs().max()) <= 3 * 0.02 * 1.8 * 0.05
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express"])
+def test_entry_point_and_spectral_norm_take_the_fast_path_on_cuda(method):
+    # kernels.polar on CUDA: the automatic fast path, with the method's schedule, in bf16;
+    # Spectral.dualize is that same call.
+    name = {"newton_schulz": "jordan", "polar_express": "polar_express"}[method]
+    G = spectrum_matrix(4, 64, 256, seed=5, dtype=torch.float32).cuda()
+    co, scale = coefficients(name)
+    backend = kernels.select_backend(G.device)
+    out = kernels.polar(G, method)
+    assert torch.equal(out, kernels.quintic_polar(G, co, scale, backend=backend))
+    assert torch.equal(normopt.norms.Spectral(polar=method).dualize(G), out)
+    assert_in_band(G.cpu(), out.cpu(), name, torch.bfloat16)

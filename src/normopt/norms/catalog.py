@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt.linalg.polar import POLAR_METHODS, polar
+from normopt.kernels.entry import polar
+from normopt.linalg.polar import POLAR_METHODS
 from normopt.norms.base import Norm, register, safe_div
 
 __all__ = [
@@ -229,6 +230,8 @@ class Spectral(Norm):
     ``rho = sqrt(min(m, n))``. ``polar`` picks the method of
     :func:`normopt.linalg.polar` (default ``"svd"``: exact, so that this object
     is the mathematics; optimizers pass a fast method), ``steps`` its count.
+    ``dualize`` runs it through :func:`normopt.kernels.polar`, so a quintic method
+    takes the fast path chosen for the tensor's device.
     """
 
     name = "spectral"

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt.linalg import POLAR_METHODS, polar
+from normopt import kernels
+from normopt.linalg import POLAR_METHODS
 from normopt.norms import L1, Norm
 from normopt.optim import moves
 from normopt.optim.base import (
@@ -180,7 +181,7 @@ class LionK(NormOptimizer):
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         K = self._K(group)
         if group["polar"] is not None:
-            return polar(stack, group["polar"], group["ns_steps"])
+            return kernels.polar(stack, group["polar"], group["ns_steps"])
         return gradient_of_K(K, stack)
 
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:

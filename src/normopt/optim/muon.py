@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from normopt import kernels
-from normopt.linalg import POLAR_METHODS, get_schedule, polar
+from normopt.linalg import POLAR_METHODS
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim import moves
 from normopt.optim.adamw import adamw_group_step
@@ -68,10 +68,6 @@ _ADAMW_KEYS = {
     "eps": "adamw_eps",
     "weight_decay": "adamw_weight_decay",
 }
-
-# The quintic polar methods that normopt.kernels has fast paths for, with their schedules
-# (as in normopt.linalg.polar; tests/kernels checks that the two agree).
-_QUINTIC_SCHEDULES = {"newton_schulz": "jordan", "polar_express": "polar_express"}
 
 
 def adjust_lr_factor(rule: str | None, d_out: int, d_in: int) -> float:
@@ -370,20 +366,11 @@ class Muon(NormOptimizer):
         return moves.ema_(buf, G, group["momentum"], group["nesterov"], mask)
 
     def _orthogonalize(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
+        # normopt.kernels.polar: the fast path its dispatch picks for the device (CUDA), the
+        # reference normopt.linalg.polar elsewhere
         name = group["polar_dtype"]
         dtype = None if name is None else getattr(torch, name)
-        method = group["polar"]
-        if method in _QUINTIC_SCHEDULES:
-            # A fast path (compiled / fused / Triton) where normopt.kernels picks one (CUDA
-            # only, by default); the reference normopt.linalg.polar everywhere else.
-            backend = kernels.select_backend(stack.device)
-            if backend != "reference":
-                sched = get_schedule(_QUINTIC_SCHEDULES[method])
-                coeffs = [sched.at(i) for i in range(group["ns_steps"])]
-                return kernels.quintic_polar(
-                    stack, coeffs, sched.norm_scale, compute_dtype=dtype, backend=backend
-                )
-        return polar(stack, method, group["ns_steps"], compute_dtype=dtype)
+        return kernels.polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute

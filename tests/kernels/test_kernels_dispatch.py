@@ -1,4 +1,4 @@
-"""Which backend runs where: CUDA picks a fast path, the CPU the reference, switches respected.
+"""Which backend runs where: CUDA picks a fast path (compiled or fused), the CPU the fused one, switches respected.
 
 No GPU is needed: the choice only reads the device type, and the inductor probe is
 replaced by a stub where a CUDA device is pretended.
@@ -29,9 +29,9 @@ def probe(monkeypatch):
     return calls, answer
 
 
-def test_cpu_runs_the_reference(probe):
+def test_cpu_runs_fused(probe):
     calls, _ = probe
-    assert kernels.select_backend(CPU) == "reference"
+    assert kernels.select_backend(CPU) == "fused"
     assert calls == []  # the CPU never probes
 
 
@@ -73,7 +73,7 @@ def test_forced_backends(probe, monkeypatch):
         assert kernels.select_backend(CPU) == "triton"
     assert kernels.select_backend(CPU) == "fused"
     monkeypatch.setenv("NORMOPT_POLAR_BACKEND", "auto")
-    assert kernels.select_backend(CPU) == "reference"
+    assert kernels.select_backend(CPU) == "fused"
     monkeypatch.setenv("NORMOPT_POLAR_BACKEND", "magic")
     with pytest.raises(ValueError, match="NORMOPT_POLAR_BACKEND"):
         kernels.select_backend(CPU)
@@ -90,6 +90,8 @@ def test_triton_is_never_chosen_by_itself(probe):
 
 def test_merge_transposed_defaults(monkeypatch):
     assert kernels.merge_transposed_enabled(CUDA)
+    assert kernels.merge_transposed_enabled(CPU)
+    monkeypatch.setenv("NORMOPT_MERGE_TRANSPOSED", "0")
     assert not kernels.merge_transposed_enabled(CPU)
     monkeypatch.setenv("NORMOPT_MERGE_TRANSPOSED", "1")
     assert kernels.merge_transposed_enabled(CPU)

@@ -91,10 +91,12 @@ def test_fused_transpose_equivariant():
     assert float((a - b).abs().max()) <= 1e-13
 
 
-def test_dispatch_on_cpu_is_the_reference():
+def test_dispatch_on_cpu_is_fused_and_the_reference_when_forced():
     G = torch.randn(12, 30)
     co, scale = coefficients("jordan")
-    assert torch.equal(kernels.quintic_polar(G, co, scale), newton_schulz(G, 5))
+    assert torch.equal(kernels.quintic_polar(G, co, scale), kernels.quintic_fused(G, co, scale))
+    with kernels.backend("reference"):
+        assert torch.equal(kernels.quintic_polar(G, co, scale), newton_schulz(G, 5))
     with kernels.backend("fused"):
         assert torch.equal(kernels.quintic_polar(G, co, scale), kernels.quintic_fused(G, co, scale))
     with pytest.raises(ValueError, match="backend"):

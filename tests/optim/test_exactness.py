@@ -295,6 +295,17 @@ def test_same_shape_matrices_are_one_stack():
         opt.step()
     finally:
         kernels.polar = real
+    # (8, 4) matrices enter their transpose's stack (kernels.set_merge_transposed, on by default)
+    assert calls == [(4, 4, 8)]
+    calls.clear()
+    kernels.set_merge_transposed(False)
+    kernels.polar = spy
+    try:
+        opt = normopt.Muon(ps)
+        opt.step()
+    finally:
+        kernels.polar = real
+        kernels.set_merge_transposed(None)
     assert sorted(calls) == sorted([(3, 8, 4), (1, 4, 8)])
 
 

@@ -117,9 +117,9 @@ def quintic_fused(
     coeffs = _check(G, coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
-    G3 = G.reshape(-1, *G.shape[-2:])  # (B, r, c)
+    G3 = G if G.ndim == 3 else G.reshape(-1, *G.shape[-2:])  # (B, r, c)
     out = _fused_body(G3, coeffs, norm_scale, eps, default_compute_dtype(G, compute_dtype))
-    return out.reshape(G.shape)
+    return out if G.ndim == 3 else out.reshape(G.shape)
 
 
 # -- compiled -------------------------------------------------------------------------------------

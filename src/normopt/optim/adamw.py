@@ -31,7 +31,7 @@ from normopt.optim.moves import Mask
 if TYPE_CHECKING:
     from normopt.optim.base import NormOptimizer
 
-__all__ = ["adamw_group_step", "fused_devices"]
+__all__ = ["adamw_step", "fused_devices"]
 
 
 def fused_devices() -> tuple[str, ...]:
@@ -63,26 +63,29 @@ def _lr_on(lr: Any, device: torch.device) -> Any:
     return lr if lr.device == device else lr.to(device)
 
 
-def adamw_group_step(
+def adamw_step(
     opt: NormOptimizer,
-    gi: int,
-    group: dict[str, Any],
-    params: list[Tensor],
+    work: list[tuple[int, dict[str, Any], list[Tensor]]],
     masks: dict[Any, Mask],
 ) -> None:
-    """One AdamW step for the parameters of ``group`` that have gradients."""
-    fused: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    rest: list[Tensor] = []
-    for p in params:
-        if _fusable(p, group["lr"], group["foreach"]):
-            fused.setdefault((p.device, p.dtype), []).append(p)
-        else:
-            rest.append(p)
-    for (device, _), ps in fused.items():
-        _fused(opt, group, ps, masks.get(device))
-    if rest:
-        for block in opt._blocks_for(gi, group, rest):
-            _flat(opt, group, block, masks.get(block.device))
+    """One AdamW step for ``(group index, group, parameters with gradients)`` of AdamW groups.
+    Groups with equal hyperparameters share one fused call per device and dtype."""
+    fused: dict[tuple[Any, ...], tuple[dict[str, Any], list[Tensor]]] = {}
+    for gi, group, params in work:
+        rest: list[Tensor] = []
+        for p in params:
+            if _fusable(p, group["lr"], group["foreach"]):
+                b1, b2 = group["betas"]
+                # a tensor lr is keyed by the object (only groups sharing it merge)
+                key = (group["lr"], b1, b2, group["eps"], group["weight_decay"], p.device, p.dtype)
+                fused.setdefault(key, (group, []))[1].append(p)
+            else:
+                rest.append(p)
+        if rest:
+            for block in opt._blocks_for(gi, group, rest):
+                _flat(opt, group, block, masks.get(block.device))
+    for group, ps in fused.values():
+        _fused(opt, group, ps, masks.get(ps[0].device))
 
 
 def _fused(

@@ -268,6 +268,7 @@ class NormOptimizer(Optimizer):
         self._blocks: dict[int, tuple[tuple[Tensor, ...], list[Block]]] = {}
         self._skipped: Tensor | None = None
         self._last_masks: dict[Any, Mask] = {}
+        self._bound_cache: dict[tuple[Any, ...], Tensor] = {}
         super().__init__(params, defaults)
 
     # -- groups and norms ---------------------------------------------------------------
@@ -329,6 +330,7 @@ class NormOptimizer(Optimizer):
         self.__dict__.setdefault("_blocks", {})
         self.__dict__.setdefault("_skipped", None)
         self.__dict__.setdefault("_last_masks", {})
+        self.__dict__.setdefault("_bound_cache", {})
 
     @property
     def skipped_steps(self) -> Tensor:
@@ -428,21 +430,32 @@ class NormOptimizer(Optimizer):
         return torch.finfo(dtype).max / (64 * n)
 
     def _masks(self, entries: list[tuple[dict[str, Any], Tensor, Tensor]]) -> dict[Any, Mask]:
-        """The device-side skip decision: one ``_foreach_norm`` per (device, dtype, bound) of
-        gradients, each max against its bound (:meth:`_grad_bound`), nothing read back.
-        Returns one :class:`Mask` per device (the same decision on all of them)."""
+        """The device-side skip decision: one ``_foreach_norm`` per (device, dtype) of
+        gradients, each max against its group's bound (:meth:`_grad_bound`), nothing read
+        back. Returns one :class:`Mask` per device (the same decision on all of them)."""
         n = max(1, sum(p.numel() for _, p, _ in entries))
-        by_key: dict[tuple[torch.device, torch.dtype, float], list[Tensor]] = {}
+        by_key: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, float]]] = {}
         for group, p, g in entries:
             if g.numel():
                 bound = self._grad_bound(group, _state_dtype(p), n)
-                by_key.setdefault((g.device, g.dtype, bound), []).append(g)
+                by_key.setdefault((g.device, g.dtype), []).append((g, bound))
         if not by_key:
             return {}
         oks = []
-        for (_, _, bound), grads in by_key.items():
-            norms = torch._foreach_norm(grads, math.inf)  # NaN or Inf where a gradient holds one
-            oks.append(torch.stack(norms).amax() <= bound)  # NaN <= bound is False: bad
+        for (device, dtype), items in by_key.items():
+            # NaN or Inf where a gradient holds one; NaN <= bound is False: bad
+            peaks = torch.stack(torch._foreach_norm([g for g, _ in items], math.inf))
+            bounds = tuple(b for _, b in items)
+            if all(b == bounds[0] for b in bounds):
+                oks.append(peaks.amax() <= bounds[0])
+            else:
+                key = (device, dtype, bounds)
+                limit = self._bound_cache.get(key)
+                if limit is None:
+                    limit = self._bound_cache[key] = torch.tensor(
+                        bounds, dtype=dtype, device=device
+                    )
+                oks.append((peaks <= limit).all())
         first = oks[0].device
         ok = oks[0] if len(oks) == 1 else torch.stack([t.to(first) for t in oks]).all()
         bad = torch.logical_not(ok)
@@ -663,6 +676,17 @@ class NormOptimizer(Optimizer):
         the directions of ``plan`` (one ``(group, block, buffer, direction)`` per block) in
         place before any is applied."""
 
+    def _run_groups(
+        self,
+        work: list[tuple[int, dict[str, Any], list[Tensor]]],
+        masks: dict[Any, Mask],
+        plan: list[Plan] | None,
+    ) -> None:
+        """Every group's step (``(index, group, parameters with gradients)``); a subclass may
+        batch groups of one algorithm together (Muon's AdamW groups)."""
+        for gi, group, params in work:
+            self._run_group(gi, group, params, masks, plan)
+
     def _run_group(
         self,
         gi: int,
@@ -672,7 +696,7 @@ class NormOptimizer(Optimizer):
         plan: list[Plan] | None,
     ) -> None:
         """One group's step: per block, gradients in, accumulate, direct, apply. A subclass
-        whose algorithm needs no blocks (AdamW's fused kernel) overrides this."""
+        whose algorithm needs no blocks overrides this or :meth:`_run_groups`."""
         for block in self._blocks_for(gi, group, params):
             mask = masks.get(block.device)
             G = block.grad
@@ -775,11 +799,13 @@ class NormOptimizer(Optimizer):
             masks = self._masks(entries)
         self._last_masks = masks
         plan: list[Plan] | None = [] if self._global_combine else None
+        work = []
         for gi, group in enumerate(self.param_groups):
             # an empty tensor has nothing to update (and norms cannot reduce over it)
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             if params:
-                self._run_group(gi, group, params, masks, plan)
+                work.append((gi, group, params))
+        self._run_groups(work, masks, plan)
         if plan:
             self._combine(plan)
             for group, block, _, D in plan:

@@ -55,7 +55,11 @@ class Mask:
         key = ("ok", dtype)
         t = self._cache.get(key)
         if t is None:
-            t = self._cache[key] = torch.logical_not(self.bad).to(dtype)
+            if dtype == torch.float32:
+                t = 1.0 - self.found_inf()
+            else:
+                t = torch.logical_not(self.bad).to(dtype)
+            self._cache[key] = t
         return t
 
     def found_inf(self) -> Tensor:

@@ -21,7 +21,7 @@ from normopt import kernels
 from normopt.linalg import POLAR_METHODS
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim import moves
-from normopt.optim.adamw import adamw_group_step
+from normopt.optim.adamw import adamw_step
 from normopt.optim.base import (
     Block,
     NormOptimizer,
@@ -346,18 +346,17 @@ class Muon(NormOptimizer):
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return group.get("norm") is not None and self._norm(group).entrywise
 
-    def _run_group(
+    def _run_groups(
         self,
-        gi: int,
-        group: dict[str, Any],
-        params: list[Tensor],
+        work: list[tuple[int, dict[str, Any], list[Tensor]]],
         masks: dict[Any, Mask],
         plan: Any,
     ) -> None:
-        if group["algorithm"] == "adamw":
-            adamw_group_step(self, gi, group, params, masks)
-        else:
-            super()._run_group(gi, group, params, masks, plan)
+        # AdamW groups go together: one fused call per set of equal hyperparameters
+        adamw = [w for w in work if w[1]["algorithm"] == "adamw"]
+        if adamw:
+            adamw_step(self, adamw, masks)
+        super()._run_groups([w for w in work if w[1]["algorithm"] != "adamw"], masks, plan)
 
     def _accumulate(
         self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
@@ -375,7 +374,7 @@ class Muon(NormOptimizer):
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute
         # with transposition, so a tall matrix may join the stack of its transpose (not a
-        # group with its own norm). On by default on CUDA only.
+        # group with its own norm). On by default (normopt.kernels.set_merge_transposed).
         if group["algorithm"] != "muon" or group.get("norm") is not None:
             return [False] * len(params)
         return [kernels.merge_transposed_enabled(p.device) for p in params]

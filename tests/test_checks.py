@@ -116,6 +116,15 @@ def test_at_least_float32(dtype, expected):
     assert C.at_least_float32(dtype) == expected
 
 
+def test_the_layers_share_one_polar_method_tuple():
+    import importlib
+
+    from normopt import linalg
+
+    polar_module = importlib.import_module("normopt.linalg.polar")  # linalg.polar is the function
+    assert linalg.POLAR_METHODS is polar_module.POLAR_METHODS is C.POLAR_METHODS
+
+
 def test_optim_helpers_have_the_same_signatures():
     """optim.base's check_number, check_betas and check_bool (until optim imports these)."""
     from normopt.optim import base

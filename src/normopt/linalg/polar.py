@@ -276,7 +276,7 @@ def gram_newton_schulz(
     if G.numel() == 0:
         return torch.zeros_like(G)
     dtype = _compute_dtype(G, compute_dtype)
-    gram_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    gram_dtype = at_least_float32(dtype)
     X = G.to(dtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:

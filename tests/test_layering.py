@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "normopt"
 # norm's dualize reaches U V^T through kernels.polar, the one polar entry point (linalg's
 # reference behind it, the fast paths beside it). DESIGN.md lists the layers top down.
 RANK = {
+    "_checks": -1,  # argument validation: a module under every layer (test_checks_is_the_bottom)
     "linalg": 0,
     "kernels": 1,
     "norms": 2,
@@ -50,3 +51,18 @@ def test_package_never_imports_experiments():
         if rel.parts[0] in ("experiments", "commands") or rel.name == "cli.py":
             continue
         assert "experiments" not in _imports(path), f"{rel} imports normopt.experiments"
+
+
+def test_checks_is_the_bottom():
+    """_checks imports torch and the standard library only: no normopt, in any form."""
+    import sys
+
+    tree = ast.parse((SRC / "_checks.py").read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "_checks.py has a relative import"
+            roots.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+    assert roots <= {"torch", *sys.stdlib_module_names}, sorted(roots)

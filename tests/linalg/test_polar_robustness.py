@@ -122,6 +122,7 @@ def test_wrong_ndim_raises_value_error_naming_the_argument(method, shape):
         (lambda G: polar(G, "newton_schulz", True), r"^steps: "),  # type: ignore[arg-type]
         (lambda G: polar(G, "newton_schulz", coefficients="bogus"), r"^coefficients: unknown"),
         (lambda G: gram_newton_schulz(G, restart_after=0), r"^restart_after: "),
+        (lambda G: gram_newton_schulz(G, restart_after=True), r"^restart_after: "),  # type: ignore[arg-type]
     ],
 )
 def test_bad_arguments_raise_value_error(call, pattern):

@@ -208,6 +208,7 @@ def test_wrong_ndim_raises_value_error_naming_the_argument(case):
         (lambda: N.Spectral(polar="qr"), r"^polar: unknown polar method 'qr'.*newton_schulz"),
         (lambda: N.Spectral("svd", steps=5), r"^steps: "),
         (lambda: N.Spectral("newton_schulz", steps=0), r"^steps: "),
+        (lambda: N.Spectral("newton_schulz", steps=True), r"^steps: "),
         (lambda: N.RMSToRMS(polar="bogus"), r"^polar: "),
         (lambda: N.ConvSpectral(polar="bogus"), r"^polar: "),
         (lambda: N.Transposed(N.L2()), r"^inner: .*matrix norm"),

@@ -86,6 +86,9 @@ def test_constraint_reads_optimizer_and_other_norms():
         ConstraintMonitor(model)
     with pytest.raises(ValueError, match="^power_iters:"):
         ConstraintMonitor(model, weight_decay=0.1, norm=N.Frobenius(), power_iters=2)
+    for bad in (0, "3", 2.0):
+        with pytest.raises(ValueError, match="^power_iters: expected an integer >= 1"):
+            ConstraintMonitor(model, weight_decay=0.1, power_iters=bad)
 
 
 def test_constraint_ratio_follows_spec_a9():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
 from normopt import norms as N
+from normopt._checks import check_number
 from normopt.theory import constants, kovalev_schedule
 
 # The norms compared by default, with the optimizer each one's dualize map gives (SPEC A3).
@@ -131,24 +131,24 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _positive(text: str) -> float:
+def _number(text: str, *, positive: bool) -> float:
+    """A finite number >= 0 (> 0 when ``positive``) from the command line, for argparse."""
     try:
-        v = float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return v
+    try:
+        return check_number("value", value, low_open=positive)
+    except ValueError as e:  # argparse names the flag
+        raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
+
+
+def _positive(text: str) -> float:
+    return _number(text, positive=True)
 
 
 def _nonneg(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return v
+    return _number(text, positive=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

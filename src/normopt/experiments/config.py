@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from normopt._checks import check_int, check_number
 from normopt.experiments.optimizers import OPTIMIZERS, check_optimizer
 from normopt.experiments.tasks import TASKS, get_task
 
@@ -103,22 +104,18 @@ class TrainConfig:
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: a name appears twice in {','.join(self.optimizers)}")
         for name in ("steps", "batch_size", "eval_every", "seeds", "threads"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{_flag(name)}: must be a positive integer, got {v}")
-        for name, v in (*self.lr.items(), ("adamw_lr", self.adamw_lr)):
-            if v is not None and not (math.isfinite(v) and v > 0):
-                raise ValueError(
-                    f"{_flag(name) if name == 'adamw_lr' else '--lr'}: {name} must be > 0, got {v}"
-                )
+            if getattr(self, name) is not None:
+                check_int(_flag(name), getattr(self, name), 1)
+        for name, v in self.lr.items():
+            check_number(f"--lr {name}", v, low_open=True)
+        if self.adamw_lr is not None:
+            check_number("--adamw-lr", self.adamw_lr, low_open=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup: a fraction of the steps in [0, 1), got {self.warmup}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay: must be >= 0, got {self.weight_decay}")
+        check_number("--warmup", self.warmup, 0.0, 1.0, high_open=True)  # a fraction of the steps
+        check_number("--weight-decay", self.weight_decay)
         if self.reference not in OPTIMIZERS:
             raise ValueError(
                 f"--reference: unknown optimizer {self.reference!r}; known: {', '.join(OPTIMIZERS)}"
@@ -161,9 +158,8 @@ class SweepConfig(TrainConfig):
         object.__setattr__(self, "lr_factors", tuple(self.lr_factors))
         super().__post_init__()
         for name in ("lrs", "lr_factors"):
-            bad = [v for v in getattr(self, name) if not (math.isfinite(v) and v > 0)]
-            if bad:
-                raise ValueError(f"{_flag(name)}: values must be > 0, got {bad[0]}")
+            for v in getattr(self, name):
+                check_number(_flag(name), v, low_open=True)
         if not (self.lrs or self.lr_factors):
             raise ValueError("--lr-factors: give --lrs or at least one factor")
         parse_basin(self.basin)

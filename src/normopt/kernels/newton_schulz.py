@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import at_least_float32
 from normopt.kernels.dispatch import BACKENDS, select_backend
 from normopt.linalg.polar import CoefficientSchedule, _compute_dtype, _normalize, newton_schulz
 
@@ -92,7 +93,7 @@ def _fused_body(
 ) -> Tensor:
     # G: (B, r, c), any orientation. Normalize in the input's precision (>= float32): the
     # momentum is float32 anyway, and one rounding to the compute dtype follows.
-    work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+    work = G.to(at_least_float32(G.dtype))
     X = _normalize(work, norm_scale, eps).to(compute_dtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import at_least_float32
 from normopt.kernels.newton_schulz import Coefficients, _check, _normalize, default_compute_dtype
 
 __all__ = [
@@ -179,7 +180,7 @@ def quintic_triton(
         return torch.zeros_like(G)
     cdtype = default_compute_dtype(G, compute_dtype)
     G3 = G.reshape(-1, *G.shape[-2:])  # (B, r, c)
-    work = G3 if G3.dtype in (torch.float32, torch.float64) else G3.float()
+    work = G3.to(at_least_float32(G3.dtype))
     X = _normalize(work, norm_scale, eps).to(cdtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:

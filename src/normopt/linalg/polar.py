@@ -30,6 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from normopt._checks import (
+    POLAR_METHODS,
+    at_least_float32,
+    check_int,
+    check_optional_int,
+    check_polar_method,
+)
+
 __all__ = [
     "POLAR_METHODS",
     "SCHEDULES",
@@ -122,8 +130,6 @@ def get_schedule(name: str | CoefficientSchedule) -> CoefficientSchedule:
         ) from None
 
 
-POLAR_METHODS = ("svd", "newton_schulz", "polar_express", "gram_newton_schulz")
-
 # Default number of steps per method.
 _DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "gram_newton_schulz": 5}
 _DEFAULT_SCHEDULE = {
@@ -183,7 +189,7 @@ def _compute_dtype(G: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
     if G.device.type == "cuda":
         return torch.bfloat16
     # On the CPU, low-precision matmuls are slow and buy nothing: use at least float32.
-    return G.dtype if G.dtype == torch.float64 else torch.float32
+    return at_least_float32(G.dtype)
 
 
 def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
@@ -219,8 +225,7 @@ def newton_schulz(
         eps: added to the Frobenius norm before dividing.
     """
     G = _check_matrix(G)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     sched = get_schedule(coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
@@ -265,15 +270,13 @@ def gram_newton_schulz(
     Mathematically it equals :func:`newton_schulz` with the same schedule.
     """
     G = _check_matrix(G)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {steps!r}")
-    if restart_after is not None and (not isinstance(restart_after, int) or restart_after < 1):
-        raise ValueError(f"restart_after: expected None or an integer >= 1, got {restart_after!r}")
+    check_int("steps", steps, 1)
+    check_optional_int("restart_after", restart_after, 1)
     sched = get_schedule(coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
     dtype = _compute_dtype(G, compute_dtype)
-    gram_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    gram_dtype = at_least_float32(dtype)
     X = G.to(dtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
@@ -334,10 +337,7 @@ def polar(
         >>> torch.allclose(O @ O.mT, torch.eye(4, dtype=torch.float64))
         True
     """
-    if method not in POLAR_METHODS:
-        raise ValueError(
-            f"method: unknown polar method {method!r}; expected one of {list(POLAR_METHODS)}"
-        )
+    check_polar_method("method", method)
     if method == "svd":
         if steps is not None:
             raise ValueError("steps: the 'svd' method is exact and takes no step count")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from normopt._checks import at_least_float32
+
 
 def power_iteration(
     W: Tensor, iters: int = 20, v0: Tensor | None = None, generator: torch.Generator | None = None
@@ -21,9 +23,7 @@ def power_iteration(
         raise ValueError(f"W: expected ndim >= 2, got shape {tuple(W.shape)}")
     if iters < 1:
         raise ValueError(f"iters: expected >= 1, got {iters}")
-    X = W.detach()
-    if X.dtype not in (torch.float32, torch.float64):
-        X = X.float()
+    X = W.detach().to(at_least_float32(W.dtype))
     if v0 is None:
         v = torch.randn(
             (*X.shape[:-2], X.shape[-1]), dtype=X.dtype, device=X.device, generator=generator

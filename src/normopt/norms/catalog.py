@@ -17,8 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import (
+    at_least_float32,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_polar_method,
+)
 from normopt.kernels.entry import polar
-from normopt.linalg.polar import POLAR_METHODS
 from normopt.norms.base import Norm, register, safe_div
 
 __all__ = [
@@ -59,7 +65,7 @@ def _work(x: Tensor) -> Tensor:
         raise TypeError(
             f"sparse tensors are not supported (layout {x.layout}); call .to_dense() first"
         )
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return x.to(at_least_float32(x.dtype))
 
 
 def _unit_scale(x: Tensor, dims: tuple[int, ...]) -> Tensor:
@@ -94,12 +100,8 @@ def _top_pair(g: Tensor) -> Tensor:
 
 
 def _check_polar(polar_method: str, steps: int | None) -> None:
-    if polar_method not in POLAR_METHODS:
-        raise ValueError(
-            f"polar: unknown polar method {polar_method!r}; expected one of {list(POLAR_METHODS)}"
-        )
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps: expected None or an integer >= 1, got {steps!r}")
+    check_polar_method("polar", polar_method)
+    check_optional_int("steps", steps, 1)
 
 
 def _as_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -346,12 +348,6 @@ class Schatten(Norm):
         return float(min(m, n) ** max(0.0, 1.0 / self.q - 0.5))
 
 
-def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer >= 1, got {k!r}")
-    return k
-
-
 @register
 class KyFan(Norm):
     """Ky Fan k-norm: the sum of the ``k`` largest singular values.
@@ -366,7 +362,7 @@ class KyFan(Norm):
     ndim = 2
 
     def __init__(self, k: int) -> None:
-        self.k = _check_k(k)
+        self.k = check_int("k", k, 1)
 
     def _kwargs(self) -> dict[str, Any]:
         return {"k": self.k}
@@ -410,7 +406,7 @@ class KyFanDual(Norm):
     ndim = 2
 
     def __init__(self, k: int) -> None:
-        self.k = _check_k(k)
+        self.k = check_int("k", k, 1)
 
     def _kwargs(self) -> dict[str, Any]:
         return {"k": self.k}
@@ -803,9 +799,7 @@ class _Blocks(Norm):
             raise ValueError(
                 f"scales: expected {len(self.norms)} scales (one per block), got {len(scales)}"
             )
-        if any(not (s > 0 and math.isfinite(s)) for s in scales):
-            raise ValueError(f"scales: expected positive finite numbers, got {scales}")
-        self.scales = scales
+        self.scales = [check_number("scales", s, 0.0, low_open=True) for s in scales]
 
     def _kwargs(self) -> dict[str, Any]:
         return {"norms": [n.spec() for n in self.norms], "scales": list(self.scales)}

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import check_int, check_number, check_optional_int
 from normopt.norms import Norm
 from normopt.theory._params import (
     NormSpec,
@@ -204,10 +205,8 @@ def estimate_smoothness(
             raise ValueError(
                 f"directions: expected one of {DIRECTIONS} or a list, got {directions!r}"
             )
-        if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
-            raise ValueError(f"n_directions: expected an integer >= 1, got {n_directions!r}")
-        if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
-            raise ValueError(f"radius: expected a finite number > 0, got {radius!r}")
+        check_int("n_directions", n_directions, 1)
+        radius = check_number("radius", radius, low_open=True)
     tensors = named_tensors(params)
     norm_of = resolve_norms(tensors, norms)
     sub = {n: tensors[n] for n in norm_of}
@@ -396,10 +395,7 @@ def estimate_noise(
         >>> abs(est.sigma - 0.5) < 0.02
         True
     """
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ValueError(f"max_batches: expected None or an integer >= 1, got {max_batches!r}")
+    check_optional_int("max_batches", max_batches, 1)
     tensors = named_tensors(params)
     norm_of = resolve_norms(tensors, norms)
     sub = {n: tensors[n] for n in norm_of}

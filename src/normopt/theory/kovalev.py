@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from normopt._checks import check_int, check_number
 from normopt.norms import Norm, get
 
 __all__ = [
@@ -36,20 +37,6 @@ __all__ = [
     "kovalev_bound_terms",
     "lemma3_bound",
 ]
-
-
-def _check(name: str, value: object, *, positive: bool = True) -> float:
-    """A finite real number, > 0 (``positive``) or >= 0; ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: expected a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if positive and v <= 0:
-        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-    if not positive and v < 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-    return v
 
 
 # ---------------------------------------------------------------------------------
@@ -93,7 +80,7 @@ def constants(norm: Norm | str, shape: Sequence[int], Lf: float = 1.0) -> Consta
     norm = get(norm) if isinstance(norm, str) else norm
     if not isinstance(norm, Norm):
         raise TypeError(f"norm: expected a Norm or a norm name, got {type(norm).__name__}")
-    Lf = _check("Lf", Lf)
+    Lf = check_number("Lf", Lf, low_open=True)
     dims = tuple(int(s) for s in shape)
     if not dims or any(s < 1 for s in dims):
         raise ValueError(f"shape: expected positive sizes, got {tuple(shape)}")
@@ -175,11 +162,11 @@ def kovalev_schedule(
         ValueError: for a non-finite or out-of-range argument, or when ``K``
             overflows (``eps`` far too small).
     """
-    eps = _check("eps", eps)
-    L = _check("L", L)
-    rho = _check("rho", rho)
-    sigma = _check("sigma", sigma, positive=False)
-    delta0 = _check("delta0", delta0, positive=False)
+    eps = check_number("eps", eps, low_open=True)
+    L = check_number("L", L, low_open=True)
+    rho = check_number("rho", rho, low_open=True)
+    sigma = check_number("sigma", sigma)
+    delta0 = check_number("delta0", delta0)
     s2 = (rho * sigma) ** 2
     try:
         if s2 > 0:
@@ -209,13 +196,9 @@ def kovalev_schedule(
 
 
 def _check_eta_alpha_K(eta: float, alpha: float, K: int) -> tuple[float, float, int]:
-    eta = _check("eta", eta)
-    alpha = _check("alpha", alpha)
-    if alpha > 1:
-        raise ValueError(f"alpha: expected 0 < alpha <= 1, got {alpha!r}")
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"K: expected an integer >= 1, got {K!r}")
-    return eta, alpha, K
+    eta = check_number("eta", eta, low_open=True)
+    alpha = check_number("alpha", alpha, 0.0, 1.0, low_open=True)
+    return eta, alpha, check_int("K", K, 1)
 
 
 def kovalev_bound_terms(
@@ -223,10 +206,10 @@ def kovalev_bound_terms(
 ) -> dict[str, float]:
     """The five terms of Theorem 2's right-hand side, by name (their sum is :func:`kovalev_bound`)."""
     eta, alpha, K = _check_eta_alpha_K(eta, alpha, K)
-    L = _check("L", L)
-    rho = _check("rho", rho)
-    sigma = _check("sigma", sigma, positive=False)
-    delta0 = _check("delta0", delta0, positive=False)
+    L = check_number("L", L, low_open=True)
+    rho = check_number("rho", rho, low_open=True)
+    sigma = check_number("sigma", sigma)
+    delta0 = check_number("delta0", delta0)
     return {
         "D0/(eta K)": delta0 / (eta * K),
         "2 rho sigma/(alpha K)": 2 * rho * sigma / (alpha * K),
@@ -277,13 +260,10 @@ def lemma3_bound(k: int, alpha: float, eta: float, L: float, rho: float, sigma: 
         ...     50, alpha=0.5, eta=0.1, L=1.0, rho=1.0, sigma=1.0)
         True
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k: expected an integer >= 0, got {k!r}")
-    alpha = _check("alpha", alpha)
-    if alpha > 1:
-        raise ValueError(f"alpha: expected 0 < alpha <= 1, got {alpha!r}")
-    eta = _check("eta", eta)
-    L = _check("L", L)
-    rho = _check("rho", rho)
-    sigma = _check("sigma", sigma, positive=False)
+    k = check_int("k", k, 0)
+    alpha = check_number("alpha", alpha, 0.0, 1.0, low_open=True)
+    eta = check_number("eta", eta, low_open=True)
+    L = check_number("L", L, low_open=True)
+    rho = check_number("rho", rho, low_open=True)
+    sigma = check_number("sigma", sigma)
     return (1 - alpha) ** k * rho * sigma + math.sqrt(alpha) * rho * sigma + L * eta / alpha

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import check_int, check_number
 from normopt.linalg import power_iteration
 from normopt.norms import Norm, RMSToRMS, Spectral
 from normopt.theory._params import Params, as_element, named_tensors, resolve_norms
@@ -43,23 +44,11 @@ def _matrix(t: Tensor) -> Tensor:
     return t.detach().reshape(t.shape[0], -1)
 
 
-def _check_every(every: object) -> int:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every: expected an integer >= 1, got {every!r}")
-    return every
-
-
-def _check_iters(name: str, iters: object) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {iters!r}")
-    return iters
-
-
 class Monitor:
     """Base class: ``monitor(step)`` measures, appends rows to ``self.rows`` and returns them."""
 
     def __init__(self, every: int = 1) -> None:
-        self.every = _check_every(every)
+        self.every = check_int("every", every, 1)
         self.rows: list[dict[str, Any]] = []
         self._calls = 0
 
@@ -97,8 +86,8 @@ class _PowerTracker:
     """Top singular value per matrix by power iteration, warm-started from the last ``v``."""
 
     def __init__(self, iters: int, init_iters: int, seed: int) -> None:
-        self.iters = _check_iters("iters", iters)
-        self.init_iters = _check_iters("init_iters", init_iters)
+        self.iters = check_int("iters", iters, 1)
+        self.init_iters = check_int("init_iters", init_iters, 1)
         self._v: dict[str, Tensor] = {}
         self._gen = torch.Generator().manual_seed(seed)
 
@@ -228,21 +217,19 @@ class ConstraintMonitor(Monitor):
                     raise ValueError(f"optimizer: parameter {n!r} is not in the optimizer")
                 self._wd[n] = float(by_id[id(t)].get("weight_decay", 0.0))
         else:
-            if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-                raise ValueError(f"weight_decay: expected a number >= 0, got {weight_decay!r}")
-            self._wd = {n: float(weight_decay) for n in self.tensors}
+            wd = check_number("weight_decay", weight_decay)
+            self._wd = {n: wd for n in self.tensors}
         self._scale: dict[str, float] = {}
         for n, t in self.tensors.items():
             s = float(scale(tuple(t.shape)) if callable(scale) else scale)
-            if not (s > 0 and math.isfinite(s)):
-                raise ValueError(f"scale: expected a positive number for {n!r}, got {s!r}")
-            self._scale[n] = s
+            self._scale[n] = check_number(f"scale for {n!r}", s, low_open=True)
         self._power = None
         if power_iters is not None:
             if not isinstance(self.norm, Spectral | RMSToRMS):
                 raise ValueError(
                     f"power_iters: power iteration serves the spectral and RMS->RMS norms, not {self.norm!r}"
                 )
+            check_int("power_iters", power_iters, 1)
             self._power = _PowerTracker(power_iters, max(30, power_iters), seed)
 
     def _value(self, name: str, t: Tensor) -> float:
@@ -319,11 +306,10 @@ class UpdateMonitor(Monitor):
         super().__init__(every)
         self.tensors = named_tensors(params)
         self.spectrum = bool(spectrum)
-        for name, v in (("lr", lr), ("weight_decay", weight_decay)):
-            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-        if lr is not None and lr == 0:
-            raise ValueError("lr: expected a number > 0")
+        if lr is not None:
+            lr = check_number("lr", lr, low_open=True)
+        if weight_decay is not None:
+            weight_decay = check_number("weight_decay", weight_decay)
         self.optimizer = optimizer
         self._lr: dict[str, float | None] = {n: lr for n in self.tensors}
         self._wd: dict[str, float] = {n: float(weight_decay or 0.0) for n in self.tensors}

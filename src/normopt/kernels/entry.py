@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from normopt._checks import check_int
 from normopt.kernels.dispatch import BACKENDS, select_backend
 from normopt.kernels.newton_schulz import quintic_polar
 from normopt.linalg.polar import (
@@ -85,8 +86,7 @@ def polar(
         )
     # The checks of normopt.linalg.newton_schulz, in its order, so that errors match.
     n_steps = _DEFAULT_STEPS[method] if steps is None else steps
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        raise ValueError(f"steps: expected an integer >= 1, got {n_steps!r}")
+    check_int("steps", n_steps, 1)
     sched = get_schedule(_DEFAULT_SCHEDULE[method] if coefficients is None else coefficients)
     coeffs = [sched.at(i) for i in range(n_steps)]  # plain floats: no device reads
     return quintic_polar(G, coeffs, sched.norm_scale, compute_dtype=compute_dtype, backend=name)

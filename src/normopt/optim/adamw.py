@@ -136,7 +136,9 @@ def _flat(opt: NormOptimizer, group: dict[str, Any], block: Any, mask: Mask | No
     m = opt._state(block, "exp_avg")
     v = opt._state(block, "exp_avg_sq")
     moves.adam_(m, v, G, b1, b2, mask)
-    t = step.to(block.dtype)
+    # t >= 1: a skipped first step leaves t = 0, whose bias correction 1 - b^0 = 0 would give
+    # 0 / 0 in a direction that the mask then multiplies by 0 (NaN * 0 is NaN)
+    t = step.to(block.dtype).clamp_min_(1.0)
     bc1 = block.per_param(1.0 - torch.pow(b1, t))  # 1 - b1^t per entry
     bc2 = block.per_param(1.0 - torch.pow(b2, t))
     denom = (v / bc2).sqrt_().add_(group["eps"])

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from normopt import kernels
+from normopt._checks import at_least_float32, check_bool, check_int, check_number
 from normopt.norms import Norm, from_spec
 from normopt.optim.moves import Mask
 
@@ -40,9 +41,6 @@ __all__ = [
     "NonFiniteUpdateError",
     "NONFINITE_POLICIES",
     "Block",
-    "check_number",
-    "check_betas",
-    "check_bool",
     "resolve_norm",
     "split_view",
 ]
@@ -64,49 +62,6 @@ class NonFiniteUpdateError(NonFiniteGradientError):
     catches both."""
 
 
-def check_number(
-    name: str,
-    value: Any,
-    low: float = 0.0,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Validate a real, finite hyperparameter, raising ``ValueError`` that names it."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"{name}: expected a number, got a tensor of shape {tuple(value.shape)}"
-            )
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if math.isinf(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    lo_ok = value > low if low_open else value >= low
-    hi_ok = value < high if high_open else value <= high
-    if not (lo_ok and hi_ok):
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        raise ValueError(f"{name}: expected a value in {lb}{low}, {high}{hb}, got {value!r}")
-    return float(value)
-
-
-def check_betas(name: str, betas: Any) -> tuple[float, float]:
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise ValueError(f"{name}: expected a pair (beta1, beta2), got {betas!r}")
-    b1 = check_number(f"{name}[0]", betas[0], 0.0, 1.0, high_open=True)
-    b2 = check_number(f"{name}[1]", betas[1], 0.0, 1.0, high_open=True)
-    return (b1, b2)
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """Validate a flag: ``True`` or ``False`` (not a string such as ``"no"``, which is truthy)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
-    return value
-
-
 def resolve_norm(name: str, spec: Any) -> Norm:
     """``from_spec(spec)``, with errors that name the argument ``name`` (``norm``, ``K``)."""
     try:
@@ -123,10 +78,8 @@ def split_view(
     """``(lead, rest)``: the leading batch dims of a parameter (``batch_dims`` of them, plus
     ``split`` when a fused weight holds ``split`` matrices stacked along its first dim)
     and the shape of one matrix-like element."""
-    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
-        raise ValueError(f"batch_dims: expected an integer >= 0, got {batch_dims!r}")
-    if isinstance(split, bool) or not isinstance(split, int) or split < 1:
-        raise ValueError(f"split: expected an integer >= 1, got {split!r}")
+    check_int("batch_dims", batch_dims, 0)
+    check_int("split", split, 1)
     lead, rest = tuple(shape[:batch_dims]), tuple(shape[batch_dims:])
     if split > 1:
         if not rest or rest[0] % split:
@@ -140,7 +93,7 @@ def split_view(
 def _state_dtype(p: Tensor) -> torch.dtype:
     # Optimizer state stays in at least float32: bf16/fp16 momentum loses the small
     # increments (1 - beta) g that momentum is made of.
-    return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+    return at_least_float32(p.dtype)
 
 
 @dataclass(eq=False)

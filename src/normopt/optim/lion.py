@@ -8,17 +8,16 @@ import torch
 from torch import Tensor
 
 from normopt import kernels
-from normopt.linalg import POLAR_METHODS
+from normopt._checks import (
+    at_least_float32,
+    check_betas,
+    check_int,
+    check_number,
+    check_polar_method,
+)
 from normopt.norms import L1, Norm
 from normopt.optim import moves
-from normopt.optim.base import (
-    Block,
-    NormOptimizer,
-    check_betas,
-    check_number,
-    resolve_norm,
-    split_view,
-)
+from normopt.optim.base import Block, NormOptimizer, resolve_norm, split_view
 from normopt.optim.moves import Mask
 
 __all__ = ["LionK", "Lion", "HuberNuclear", "gradient_of_K"]
@@ -51,7 +50,7 @@ class HuberNuclear:
         return Nuclear().fit(shape)
 
     def grad(self, v: Tensor) -> Tensor:
-        x = v if v.dtype in (torch.float32, torch.float64) else v.float()
+        x = v.to(at_least_float32(v.dtype))
         U, S, Vh = torch.linalg.svd(x, full_matrices=False)
         w = torch.clamp(S / self.delta, max=1.0)
         return ((U * w.unsqueeze(-2)) @ Vh).to(v.dtype)
@@ -134,16 +133,12 @@ class LionK(NormOptimizer):
         K = self._K(group)
         if group["polar"] is not None and not (isinstance(K, Norm) and K.name == "nuclear"):
             raise ValueError("polar: only K = Nuclear() uses a polar factor")
-        if group["polar"] is not None and group["polar"] not in POLAR_METHODS:
-            raise ValueError(
-                f"polar: unknown polar method {group['polar']!r}; expected one of {list(POLAR_METHODS)}"
-            )
-        steps = group["ns_steps"]
-        if steps is not None:
+        if group["polar"] is not None:
+            check_polar_method("polar", group["polar"])
+        if group["ns_steps"] is not None:
             if group["polar"] in (None, "svd"):
                 raise ValueError("ns_steps: only an iterative polar method takes a step count")
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                raise ValueError(f"ns_steps: expected an integer >= 1, got {steps!r}")
+            check_int("ns_steps", group["ns_steps"], 1)
         for p in group["params"]:
             try:
                 self._element_shape(p, group)

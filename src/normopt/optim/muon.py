@@ -18,18 +18,18 @@ import torch
 from torch import Tensor, nn
 
 from normopt import kernels
-from normopt.linalg import POLAR_METHODS
+from normopt._checks import (
+    check_betas,
+    check_bool,
+    check_dtype_name,
+    check_int,
+    check_number,
+    check_polar_method,
+)
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim import moves
 from normopt.optim.adamw import adamw_step
-from normopt.optim.base import (
-    Block,
-    NormOptimizer,
-    check_betas,
-    check_bool,
-    check_number,
-    split_view,
-)
+from normopt.optim.base import Block, NormOptimizer, split_view
 from normopt.optim.moves import Mask
 
 __all__ = ["Muon", "ADJUST_LR", "ALGORITHMS", "adjust_lr_factor"]
@@ -241,9 +241,7 @@ class Muon(NormOptimizer):
                 return
             algo = "muon" if all(mats) else "adamw"
         elif algo is None:
-            use = group["use_muon"]
-            if not isinstance(use, bool):
-                raise ValueError(f"use_muon: expected True or False, got {use!r}")
+            use = check_bool("use_muon", group["use_muon"])
             algo = "muon" if use else ("norm" if group.get("norm") is not None else "adamw")
         if algo not in ALGORITHMS:
             raise ValueError(f"algorithm: expected one of {list(ALGORITHMS)}, got {algo!r}")
@@ -300,31 +298,16 @@ class Muon(NormOptimizer):
         check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_bool("nesterov", group["nesterov"])
         check_number("weight_decay", group["weight_decay"])
-        if group["polar"] not in POLAR_METHODS:
-            raise ValueError(
-                f"polar: unknown polar method {group['polar']!r}; expected one of {list(POLAR_METHODS)}"
-            )
-        steps = group["ns_steps"]
+        check_polar_method("polar", group["polar"])
         if group["polar"] == "svd":
             group["ns_steps"] = None
-        elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"ns_steps: expected an integer >= 1, got {steps!r}")
+        else:
+            check_int("ns_steps", group["ns_steps"], 1)
         adjust_lr_factor(group["adjust_lr"], 1, 1)
-        pd = group["polar_dtype"]
-        if pd is not None and not (
-            isinstance(pd, str) and isinstance(getattr(torch, pd, None), torch.dtype)
-        ):
-            raise ValueError(
-                f"polar_dtype: expected None or a dtype name like 'bfloat16', got {pd!r}"
-            )
+        check_dtype_name("polar_dtype", group["polar_dtype"])
         if group["variant"] not in VARIANTS:
             raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {group['variant']!r}")
-        if (
-            isinstance(group["variant_k"], bool)
-            or not isinstance(group["variant_k"], int)
-            or group["variant_k"] < 1
-        ):
-            raise ValueError(f"variant_k: expected an integer >= 1, got {group['variant_k']!r}")
+        check_int("variant_k", group["variant_k"], 1)
         check_number("variant_a", group["variant_a"], 0.0, 1.0)
         for p in group["params"]:
             self._element_shape(p, group)  # raises on a shape the group cannot carry
@@ -367,8 +350,7 @@ class Muon(NormOptimizer):
     def _orthogonalize(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         # normopt.kernels.polar: the fast path its dispatch picks for the device (CUDA), the
         # reference normopt.linalg.polar elsewhere
-        name = group["polar_dtype"]
-        dtype = None if name is None else getattr(torch, name)
+        dtype = check_dtype_name("polar_dtype", group["polar_dtype"])
         return kernels.polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:

@@ -8,16 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt._checks import check_bool, check_number
 from normopt.norms import Norm
 from normopt.optim import moves
-from normopt.optim.base import (
-    Block,
-    NormOptimizer,
-    Plan,
-    check_bool,
-    check_number,
-    split_view,
-)
+from normopt.optim.base import Block, NormOptimizer, Plan, split_view
 from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]

@@ -92,12 +92,17 @@ class MuonMVR2(Muon):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         if closure is None:
-            raise ValueError(
-                "closure: MuonMVR2 needs a closure that recomputes the loss and gradients on "
-                "the current batch; it is called twice per step"
-            )
-        with torch.enable_grad():
-            loss = closure()
+            # torch.distributed.checkpoint initializes an optimizer's state with one step of
+            # zero gradients at lr 0 (and no closure): that one step is taken, nothing moves
+            if not (self._fresh() and all(_is_zero(g["lr"]) for g in self.param_groups)):
+                raise ValueError(
+                    "closure: MuonMVR2 needs a closure that recomputes the loss and gradients on "
+                    "the current batch; it is called twice per step"
+                )
+            loss = None
+        else:
+            with torch.enable_grad():
+                loss = closure()
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         # .get: looking a parameter up must not create an empty state entry (lazy state)
         have_prev = [p for p in params if "prev_param" in self.state.get(p, {})]
@@ -151,6 +156,9 @@ class MuonMVR2(Muon):
             self._prev_grads = {}
         return loss
 
+    def _fresh(self) -> bool:
+        return not any(self.state.get(p) for g in self.param_groups for p in g["params"])
+
     def _policy(self, p: Tensor) -> str:
         for g in self.param_groups:
             if any(q is p for q in g["params"]):
@@ -159,3 +167,8 @@ class MuonMVR2(Muon):
 
     def _state_value_dtype(self, key: str, p: Tensor) -> torch.dtype:
         return p.dtype if key == "prev_param" else super()._state_value_dtype(key, p)
+
+
+def _is_zero(lr: Any) -> bool:
+    # a tensor lr is read here only on this initialization path, never on a training step
+    return bool(lr == 0)

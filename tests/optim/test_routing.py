@@ -182,3 +182,23 @@ def test_expert_stacks_are_orthogonalized_per_expert():
     for i in range(3):
         s = torch.linalg.svdvals(E.detach()[i])
         torch.testing.assert_close(s, torch.ones(4, dtype=torch.float64))
+
+
+def test_describe_reports_the_scale_the_optimizer_uses():
+    """With the optimizer, describe() asks it (Moonlight's 0.2 sqrt(max(d_out, d_in)) here),
+    instead of recomputing Jordan's rule from the routing preset."""
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8), nn.Linear(8, 2))
+    opt = normopt.Muon(model, adjust_lr="match_rms_adamw")
+    rows = {
+        line.split()[0]: line.split()
+        for line in normopt.describe(model, optimizer=opt).splitlines()[2:]
+        if line.strip() and not line.startswith("\n")
+    }
+    # columns: name shape role optimizer norm... lr-scale (no notes on these rows)
+    assert rows["0.weight"][3] == "muon" and float(rows["0.weight"][-1]) == pytest.approx(0.8)
+    assert float(rows["2.weight"][-1]) == pytest.approx(0.8)
+    assert rows["0.bias"][3] == "adamw" and float(rows["0.bias"][-1]) == 1.0
+    assert opt.lr_scale(model[0].weight) == pytest.approx(0.2 * 4)
+    # without it, the preset's rule (Jordan's)
+    plain = normopt.describe(model).splitlines()
+    assert float(next(r for r in plain if r.startswith("0.weight")).split()[-1]) == 2.0

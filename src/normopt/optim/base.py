@@ -285,6 +285,13 @@ class NormOptimizer(Optimizer):
         self.__dict__.setdefault("_last_masks", {})
         self.__dict__.setdefault("_bound_cache", {})
 
+    def lr_scale(self, p: Tensor) -> float:
+        """The factor this optimizer multiplies ``lr`` by for parameter ``p`` (1 here; Muon
+        reports its shape scale). :func:`normopt.describe` shows it."""
+        if not any(q is p for g in self.param_groups for q in g["params"]):
+            raise ValueError("p: not a parameter of this optimizer")
+        return 1.0
+
     @property
     def skipped_steps(self) -> Tensor:
         """How many steps the ``"skip"`` policy has skipped: a device tensor (reading it, e.g.

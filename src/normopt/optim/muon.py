@@ -383,7 +383,7 @@ class Muon(NormOptimizer):
                     return 1.0
                 shape = self._element_shape(p, group)
                 return adjust_lr_factor(group["adjust_lr"], shape[-2], shape[-1])
-        raise ValueError("p: not a parameter of this optimizer")
+        return super().lr_scale(p)
 
     def _scale(self, group: dict[str, Any], block: Block) -> float | Tensor:
         """The shape scale of each row of ``block`` (a float when all rows share it)."""

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from normopt.norms import (
@@ -260,8 +261,14 @@ def describe(
     head: str | None = None,
     split_rules: dict[str, int] | None = None,
     overrides: dict[str, str] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> str:
     """A table of every trainable parameter: name, shape, role, optimizer, norm, lr scale.
+
+    With ``optimizer`` (a normopt optimizer built on ``model``), the optimizer and lr-scale
+    columns say what that optimizer really does: each group's ``algorithm`` and the factor
+    its step multiplies ``lr`` by (``optimizer.lr_scale(p)``: Muon's ``adjust_lr`` rule in
+    force), not what the routing preset would choose.
 
     Example:
         >>> import torch, normopt
@@ -269,6 +276,8 @@ def describe(
     """
     routes = classify(model, head=head, split_rules=split_rules, overrides=overrides)
     _assign(routes, preset)
+    if optimizer is not None:
+        _from_optimizer(routes, model, optimizer)
     rows = [("name", "shape", "role", "optimizer", "norm", "lr scale", "notes")]
     for r in routes:
         notes = []
@@ -306,3 +315,20 @@ def describe(
     )
     lines.append(f"\n{len(routes)} tensors; {summary}")
     return "\n".join(lines)
+
+
+def _from_optimizer(
+    routes: list[Route], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Overwrite each route's optimizer and lr scale with what ``optimizer`` does to it."""
+    params = dict(model.named_parameters())
+    owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    lr_scale = getattr(optimizer, "lr_scale", None)
+    for r in routes:
+        p = params[r.name]
+        group = owner.get(id(p))
+        if group is None:
+            r.optimizer, r.lr_scale = "(not in the optimizer)", 0.0
+            continue
+        r.optimizer = str(group.get("algorithm", type(optimizer).__name__))
+        r.lr_scale = float(lr_scale(p)) if callable(lr_scale) else 1.0

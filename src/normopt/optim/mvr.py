@@ -107,7 +107,7 @@ class MuonMVR2(Muon):
         # .get: looking a parameter up must not create an empty state entry (lazy state)
         have_prev = [p for p in params if "prev_param" in self.state.get(p, {})]
         self._prev_grads = {}
-        if have_prev:
+        if have_prev and closure is not None:  # (a fresh optimizer has no previous iterate)
             current = [(p, p.detach().clone(), p.grad) for p in params]
             try:
                 for p in params:

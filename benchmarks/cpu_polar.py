@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import count_ops  # noqa: E402
-
 from normopt import kernels  # noqa: E402
 from normopt.linalg import get_schedule, newton_schulz  # noqa: E402
+from step_overhead import count_ops  # noqa: E402
 
 # (B, m, n): GPT-2-small-like stacks at widths a 2-core CPU times in seconds
 SHAPES = [(12, 64, 192), (24, 64, 256), (12, 256, 768), (24, 256, 1024), (12, 512, 512)]

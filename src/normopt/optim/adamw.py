@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from normopt.optim import moves
+from normopt.optim.base import lr_on
 from normopt.optim.moves import Mask
 
 if TYPE_CHECKING:
@@ -54,13 +55,6 @@ def _fusable(p: Tensor, lr: Any, foreach: bool) -> bool:
         and p.device.type in fused_devices()
         and not (isinstance(lr, Tensor) and p.device.type == "meta")  # no meta rule for it
     )
-
-
-def _lr_on(lr: Any, device: torch.device) -> Any:
-    if not isinstance(lr, Tensor):
-        return lr
-    lr = lr.reshape(()) if lr.ndim else lr
-    return lr if lr.device == device else lr.to(device)
 
 
 def adamw_step(
@@ -112,7 +106,7 @@ def _fused(
         [],
         steps,
         amsgrad=False,
-        lr=_lr_on(group["lr"], params[0].device),
+        lr=lr_on(group["lr"], params[0].device),
         beta1=b1,
         beta2=b2,
         weight_decay=group["weight_decay"],
@@ -143,5 +137,5 @@ def _flat(opt: NormOptimizer, group: dict[str, Any], block: Any, mask: Mask | No
     bc2 = block.per_param(1.0 - torch.pow(b2, t))
     denom = (v / bc2).sqrt_().add_(group["eps"])
     D = (m / bc1).div_(denom)
-    lr = _lr_on(group["lr"], block.device)
+    lr = lr_on(group["lr"], block.device)
     opt._decoupled_step(block, D, lr, group["weight_decay"], 1.0, mask)

@@ -684,6 +684,7 @@ class NormOptimizer(Optimizer):
         float or a per-row tensor; ``lr`` a float or a tensor). ``D`` is scaled in place unless
         it is one of ``protected`` (buffers that must not change)."""
         params = block.params
+        lr = lr_on(lr, block.device)
         if weight_decay != 0:
             decay = 1.0 - lr * weight_decay
             if mask is not None:
@@ -874,6 +875,15 @@ class NormOptimizer(Optimizer):
     def _per_param_keys(self) -> tuple[str, ...]:
         """State keys holding one value per parameter entry (checked on load)."""
         return ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_param")
+
+
+def lr_on(lr: Any, device: torch.device) -> Any:
+    """A learning rate as the moves use it: a float as is, a tensor (0-d or one element, on any
+    device) as a 0-d tensor on ``device`` (a host-to-device copy at most, never a read)."""
+    if not isinstance(lr, Tensor):
+        return lr
+    lr = lr.reshape(()) if lr.ndim else lr
+    return lr if lr.device == device else lr.to(device)
 
 
 def _param_list(params: Any) -> list[Any]:

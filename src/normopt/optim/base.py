@@ -578,18 +578,14 @@ class NormOptimizer(Optimizer):
             return buf
         return None
 
-    def _state(self, block: Block, key: str, init: Tensor | None = None) -> Tensor:
+    def _state(self, block: Block, key: str) -> Tensor:
         """The block tensor of state ``key``, each row of which is ``state[p][key]``. Built on
-        first use from what the parameters' state holds (zeros where it holds nothing, or
-        ``init`` rows); rebuilt when a parameter's state no longer holds the row (a state dict
-        was loaded)."""
+        first use from what the parameters' state holds (zeros where it holds nothing); rebuilt
+        when a parameter's state no longer holds the row (a state dict was loaded)."""
         buf = self._held(block, key)
         if buf is not None:
             return buf
-        if init is not None:
-            buf = init.clone()
-        else:
-            buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
+        buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
         views = block.rows(buf)
         have = [
             (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
@@ -705,18 +701,15 @@ class NormOptimizer(Optimizer):
         self._add_rows(block, D)
 
     def _add_rows(self, block: Block, D: Tensor, alpha: float = 1.0) -> None:
-        """``p += alpha * row`` for every parameter and its row of ``D`` (the block's shape)."""
+        """``p += alpha * row`` for every parameter and its row of ``D`` (the block's shape).
+        Rows of a plain stack are ``D.unbind(0)``; otherwise ``D`` is copied into the block's
+        gradient copy, free by now, whose per-parameter views were made when it was built."""
         if block.plain and D.shape == block.shape:
             rows: list[Tensor] = list(D.unbind(0))
         else:
-            out = block.extras.get("out")
-            if out is None:
-                out = block.extras["out"] = torch.empty(
-                    block.shape, dtype=D.dtype, device=block.device
-                )
-                block.extras["out_views"] = block.rows(out)
-            out.copy_(D)
-            rows = block.extras["out_views"]
+            if D is not block.grad:
+                block.grad.copy_(D)
+            rows = block.grad_views
         if alpha == 1.0:
             torch._foreach_add_(block.params, rows)
         else:

@@ -112,6 +112,7 @@ class LionK(NormOptimizer):
         polar: str | None = None,
         ns_steps: int | None = None,
         nonfinite: str = "skip",
+        foreach: bool = True,
     ) -> None:
         K_obj = _resolve_K(K)
         self._K_cache: dict[str, Norm | HuberNuclear] = {}
@@ -123,6 +124,7 @@ class LionK(NormOptimizer):
             polar=polar,
             ns_steps=ns_steps,
             nonfinite=nonfinite,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -211,7 +213,14 @@ class Lion(LionK):
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         nonfinite: str = "skip",
+        foreach: bool = True,
     ) -> None:
         super().__init__(
-            params, K=L1(), lr=lr, betas=betas, weight_decay=weight_decay, nonfinite=nonfinite
+            params,
+            K=L1(),
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            nonfinite=nonfinite,
+            foreach=foreach,
         )

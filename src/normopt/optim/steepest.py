@@ -64,6 +64,7 @@ class SteepestDescent(NormOptimizer):
         scale: float = 1.0,
         radius: float | None = None,
         nonfinite: str = "skip",
+        foreach: bool = True,
     ) -> None:
         self._global_combine = bool(modular)
         defaults = dict(
@@ -77,6 +78,7 @@ class SteepestDescent(NormOptimizer):
             scale=scale,
             radius=radius,
             nonfinite=nonfinite,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 
@@ -201,6 +203,7 @@ class TrustRegion(NormOptimizer):
         alpha: float,
         weight_decay: float = 0.0,
         nonfinite: str = "skip",
+        foreach: bool = True,
     ) -> None:
         defaults = dict(
             norm=norm,
@@ -208,6 +211,7 @@ class TrustRegion(NormOptimizer):
             alpha=alpha,
             weight_decay=weight_decay,
             nonfinite=nonfinite,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
 

@@ -81,9 +81,11 @@ class MuonMVR2(Muon):
                 w: Any = 1.0 - beta
                 corr: Any = beta
             else:  # rows without a previous gradient start at M_0 = G
-                rows = torch.tensor(have, device=block.device)
-                w = block.per_param(torch.where(rows, 1.0 - beta, 1.0).to(buf.dtype))
-                corr = block.per_param(torch.where(rows, beta, 0.0).to(buf.dtype))
+                dt, dev = buf.dtype, block.device
+                w = [1.0 - beta if h else 1.0 for h in have]
+                c = [beta if h else 0.0 for h in have]
+                w = block.per_param(torch.tensor(w, dtype=dt, device=dev))
+                corr = block.per_param(torch.tensor(c, dtype=dt, device=dev))
             if mask is not None:
                 w = mask.ok(buf.dtype) * w
             buf.lerp_(G, w).add_((G - P) * corr)  # zero on a skipped step

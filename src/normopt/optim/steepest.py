@@ -233,7 +233,8 @@ class TrustRegion(NormOptimizer):
     ) -> Tensor:
         # m_0 = g(x_0): a parameter's first step (its step count is 0) takes alpha = 1
         step = self._counter(block)  # (B,), the rows are state[p]["step"]
-        alpha = block.per_param(torch.where(step == 0, 1.0, group["alpha"]).to(block.dtype))
+        alpha = torch.full(step.shape, group["alpha"], dtype=block.dtype, device=block.device)
+        alpha = block.per_param(alpha.masked_fill_(step == 0, 1.0))  # exact in the state dtype
         buf = self._state(block, "momentum_buffer")
         moves.kovalev_(buf, G, alpha, mask)
         step.add_(1.0 if mask is None else mask.ok(step.dtype))

@@ -109,7 +109,9 @@ class Block:
     state buffer lives in one tensor of the block's shape whose rows (views of the
     parameter's shape) are what ``optimizer.state[p]`` holds. So a move is one aten
     op per block, whatever the number of parameters, and no per-tensor view is made
-    on the hot path: views are made once, when the block is built.
+    on the hot path: views are made once, when the block is built. The price is one
+    gradient-sized buffer per block (it also receives the direction rows of a block
+    that is not :attr:`plain`).
     """
 
     params: list[Tensor]
@@ -121,6 +123,7 @@ class Block:
     spans: tuple[tuple[int, int], ...]  # flat blocks: (offset, numel) of each parameter
     grad: Tensor = field(init=False)
     grad_views: list[Tensor] = field(init=False)
+    plain: bool = field(init=False)  # rows are the parameters' shapes, none transposed
     buffers: dict[str, Tensor] = field(default_factory=dict)
     views: dict[str, list[Tensor]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -128,11 +131,8 @@ class Block:
     def __post_init__(self) -> None:
         self.grad = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         self.grad_views = self.rows(self.grad)
-
-    @property
-    def plain(self) -> bool:
-        """Stacked rows are the parameters' shapes, none transposed (``unbind`` gives them)."""
-        return (
+        # a plain stack's rows are what D.unbind(0) gives
+        self.plain = (
             not self.flat
             and not any(self.flipped)
             and all(tuple(p.shape) == self.shape[1:] for p in self.params)

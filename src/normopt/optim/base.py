@@ -294,8 +294,10 @@ class NormOptimizer(Optimizer):
 
     @property
     def skipped_steps(self) -> Tensor:
-        """How many steps the ``"skip"`` policy has skipped: a device tensor (reading it, e.g.
-        ``int(opt.skipped_steps)``, is the only sync)."""
+        """How many steps this optimizer object has skipped (non-finite or over-bound gradients,
+        undone overflows): a device tensor, so that counting costs no sync; reading it
+        (``int(opt.skipped_steps)``) is one. A diagnostic of this run, not part of the state
+        dict."""
         if self._skipped is None:
             return torch.zeros((), dtype=torch.int64)
         return self._skipped
@@ -419,9 +421,14 @@ class NormOptimizer(Optimizer):
         first = oks[0].device
         ok = oks[0] if len(oks) == 1 else torch.stack([t.to(first) for t in oks]).all()
         bad = torch.logical_not(ok)
-        self._skipped = bad.long() if self._skipped is None else self._skipped.add_(bad)
+        self._count_skipped(bad, first)
         devices = {p.device for _, p, _ in entries}
         return {d: Mask(bad if d == first else bad.to(d)) for d in devices}
+
+    def _count_skipped(self, bad: Tensor | bool, device: torch.device) -> None:
+        if self._skipped is None:
+            self._skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self._skipped.add_(bad)
 
     def _snapshot(self) -> list[tuple[dict[str, Any], Tensor, Tensor, dict[str, Any] | None]]:
         """Copies of every parameter that has a gradient and of its state (a guarded step)."""
@@ -484,8 +491,7 @@ class NormOptimizer(Optimizer):
                         mine[k] = v
                 for k in [k for k in mine if k not in st]:
                     del mine[k]
-        if self._skipped is not None:
-            self._skipped.add_(1)
+        self._count_skipped(True, bad_p.device)
         if any(g.get("nonfinite", "skip") == "raise" for g, _, _, _ in saved):
             raise NonFiniteUpdateError(
                 f"non-finite update: finite gradients gave NaN or Inf in {what} of "
@@ -745,8 +751,7 @@ class NormOptimizer(Optimizer):
         if host:
             mode = self._precheck(extra)
             if mode == "skip":
-                if self._skipped is not None:
-                    self._skipped.add_(1)
+                self._count_skipped(True, entries[0][1].device)
                 return False
             saved = self._snapshot() if mode == "guard" else None
         else:

@@ -677,6 +677,7 @@ class NormOptimizer(Optimizer):
         float or a per-row tensor; ``lr`` a float or a tensor). ``D`` is scaled in place unless
         it is one of ``protected`` (buffers that must not change)."""
         params = block.params
+        lr = scalar_lr(lr, block.dtype)
         if weight_decay != 0:
             decay = 1.0 - lr * weight_decay
             if mask is not None:
@@ -867,6 +868,20 @@ class NormOptimizer(Optimizer):
     def _per_param_keys(self) -> tuple[str, ...]:
         """State keys holding one value per parameter entry (checked on load)."""
         return ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_param")
+
+
+def scalar_lr(lr: Any, dtype: torch.dtype | None = None) -> Any:
+    """A tensor ``lr`` as the 0-d tensor it stands for, in at least ``dtype`` (the block's
+    state dtype): ``_foreach_mul_`` takes only 0-d tensor scalars (a ``(1,)``-shaped lr, as
+    some schedulers store it, would raise), and ``1 - lr wd`` of a float32 lr would round the
+    decay of float64 weights to float32. Floats are returned as they are."""
+    if not isinstance(lr, Tensor):
+        return lr
+    if lr.ndim:
+        lr = lr.reshape(())
+    if dtype is not None and torch.promote_types(lr.dtype, dtype) != lr.dtype:
+        lr = lr.to(dtype)
+    return lr
 
 
 def _param_list(params: Any) -> list[Any]:

@@ -108,6 +108,8 @@ class MuonMVR2(Muon):
         have_prev = [p for p in params if "prev_param" in self.state.get(p, {})]
         self._prev_grads = {}
         if have_prev:
+            if closure is None:  # unreachable: state exists, so a closure was required above
+                raise ValueError("closure: MuonMVR2 needs a closure once it has state")
             current = [(p, p.detach().clone(), p.grad) for p in params]
             try:
                 for p in params:

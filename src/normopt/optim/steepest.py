@@ -11,7 +11,7 @@ from torch import Tensor
 from normopt._checks import check_bool, check_number
 from normopt.norms import Norm
 from normopt.optim import moves
-from normopt.optim.base import Block, NormOptimizer, Plan, split_view
+from normopt.optim.base import Block, NormOptimizer, Plan, scalar_lr, split_view
 from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]
@@ -155,6 +155,7 @@ class SteepestDescent(NormOptimizer):
     def _frank_wolfe(
         self, block: Block, D: Tensor, lr: Any, radius: float, mask: Mask | None
     ) -> None:
+        lr = scalar_lr(lr, block.dtype)
         decay = 1.0 - lr
         if mask is not None:
             decay = mask.decay(decay, block.dtype)

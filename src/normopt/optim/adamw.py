@@ -137,5 +137,5 @@ def _flat(opt: NormOptimizer, group: dict[str, Any], block: Any, mask: Mask | No
     bc2 = block.per_param(1.0 - torch.pow(b2, t))
     denom = (v / bc2).sqrt_().add_(group["eps"])
     D = (m / bc1).div_(denom)
-    lr = lr_on(group["lr"], block.device)
+    lr = lr_on(group["lr"], block.device, block.dtype)
     opt._decoupled_step(block, D, lr, group["weight_decay"], 1.0, mask)

@@ -686,7 +686,7 @@ class NormOptimizer(Optimizer):
         float or a per-row tensor; ``lr`` a float or a tensor). ``D`` is scaled in place unless
         it is one of ``protected`` (buffers that must not change)."""
         params = block.params
-        lr = lr_on(lr, block.device)
+        lr = lr_on(lr, block.device, block.dtype)
         if weight_decay != 0:
             decay = 1.0 - lr * weight_decay
             if mask is not None:
@@ -875,12 +875,18 @@ class NormOptimizer(Optimizer):
         return ("momentum_buffer", "exp_avg", "exp_avg_sq", "prev_param")
 
 
-def lr_on(lr: Any, device: torch.device) -> Any:
-    """A learning rate as the moves use it: a float as is, a tensor (0-d or one element, on any
-    device) as a 0-d tensor on ``device`` (a host-to-device copy at most, never a read)."""
+def lr_on(lr: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """A learning rate as the moves use it: a float as is; a tensor (0-d or one element, on
+    any device) as a 0-d tensor on ``device`` in at least ``dtype`` (the block's state dtype).
+    ``_foreach_mul_`` takes only 0-d tensor scalars (a ``(1,)``-shaped lr, as some schedulers
+    store it, would raise), and ``1 - lr wd`` of a float32 lr would round the decay of float64
+    weights to float32. A host-to-device copy at most, never a read."""
     if not isinstance(lr, Tensor):
         return lr
-    lr = lr.reshape(()) if lr.ndim else lr
+    if lr.ndim:
+        lr = lr.reshape(())
+    if dtype is not None and torch.promote_types(lr.dtype, dtype) != lr.dtype:
+        lr = lr.to(dtype)
     return lr if lr.device == device else lr.to(device)
 
 

@@ -257,6 +257,14 @@ class Muon(NormOptimizer):
         for key in _ADAMW_KEYS.values():
             self.param_groups[-1].pop(key, None)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # the base fills keys missing from a saved group from ``defaults``, which hold the
+        # adamw_* arguments too: those are no group's keys (as in add_param_group)
+        for group in self.param_groups:
+            for key in _ADAMW_KEYS.values():
+                group.pop(key, None)
+
     def _upgrade(
         self, groups: list[dict[str, Any]], state: dict[Any, dict[str, Any]]
     ) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from torch import Tensor
 from normopt._checks import check_bool, check_number
 from normopt.norms import Norm
 from normopt.optim import moves
-from normopt.optim.base import Block, NormOptimizer, Plan, split_view
+from normopt.optim.base import Block, NormOptimizer, Plan, lr_on, split_view
 from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]
@@ -157,6 +157,7 @@ class SteepestDescent(NormOptimizer):
     def _frank_wolfe(
         self, block: Block, D: Tensor, lr: Any, radius: float, mask: Mask | None
     ) -> None:
+        lr = lr_on(lr, block.device, block.dtype)
         decay = 1.0 - lr
         if mask is not None:
             decay = mask.decay(decay, block.dtype)

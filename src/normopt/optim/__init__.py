@@ -1,6 +1,7 @@
 """torch.optim optimizers built from the norm catalog, and parameter routing."""
 
 from normopt.optim.base import NonFiniteGradientError, NonFiniteUpdateError, NormOptimizer
+from normopt.optim.family import AdaMuon, NorMuon
 from normopt.optim.lion import HuberNuclear, Lion, LionK, gradient_of_K
 from normopt.optim.muon import ADJUST_LR, Muon, adjust_lr_factor
 from normopt.optim.mvr import MuonMVR2
@@ -9,6 +10,7 @@ from normopt.optim.steepest import SteepestDescent, TrustRegion
 
 __all__ = [
     "ADJUST_LR",
+    "AdaMuon",
     "HuberNuclear",
     "Lion",
     "LionK",
@@ -16,6 +18,7 @@ __all__ = [
     "MuonMVR2",
     "NonFiniteGradientError",
     "NonFiniteUpdateError",
+    "NorMuon",
     "NormOptimizer",
     "Route",
     "SteepestDescent",

@@ -578,15 +578,25 @@ class NormOptimizer(Optimizer):
             return buf
         return None
 
-    def _state(self, block: Block, key: str) -> Tensor:
+    def _state(self, block: Block, key: str, element: tuple[int, ...] | None = None) -> Tensor:
         """The block tensor of state ``key``, each row of which is ``state[p][key]``. Built on
         first use from what the parameters' state holds (zeros where it holds nothing); rebuilt
-        when a parameter's state no longer holds the row (a state dict was loaded)."""
+        when a parameter's state no longer holds the row (a state dict was loaded).
+
+        ``element``: a per-row shape other than the parameter's (NorMuon's per-neuron second
+        moment, ``(rows, 1)``): the block tensor is ``(B, *element)`` and ``state[p][key]`` is
+        its row ``j`` in that shape (a stacked block only, none of it transposed)."""
         buf = self._held(block, key)
         if buf is not None:
             return buf
-        buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
-        views = block.rows(buf)
+        if element is None:
+            buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
+            views = block.rows(buf)
+        else:
+            if block.flat or any(block.flipped):
+                raise ValueError(f"state {key!r}: a per-row shape needs a plain stacked block")
+            buf = torch.zeros((len(block.params), *element), dtype=block.dtype, device=block.device)
+            views = list(buf.unbind(0))
         have = [
             (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
         ]

@@ -172,7 +172,7 @@ SCHEDULES: dict[str, CoefficientSchedule] = {
         norm_scale=1.0,
         source="reported DeepSeek-V4 hybrid Newton-Schulz (unverified)",
     ),
-    # Turbo-Muon (Boissin et al., arXiv 2512.04632; modded-nanogpt record 2025-11-11): AOL
+    # Turbo-Muon (arXiv 2512.04632; modded-nanogpt record 2025-11-11, thib-s/flash-newton-schulz): AOL
     # rescaling instead of the Frobenius normalization, and Polar Express's schedule without
     # its first step (the record's README: "drop the first iteration of the usual newton
     # schulz coefficients"), so 4 steps do the work of 5.

@@ -83,6 +83,11 @@ CASES = [
     Case("adamuon", lambda m: normopt.AdaMuon(m, lr=0.05, adamw_lr=1e-2), takes_model=True),
     Case("adamuon-plain", lambda p: normopt.AdaMuon(p, lr=0.05), matrices_only=True),
     Case("muon-heads", lambda m: normopt.Muon(_heads_groups(m), lr=0.02), takes_model=True),
+    Case(
+        "muon-turbo",
+        lambda m: normopt.Muon(m, lr=0.02, ns_steps=4, ns_coefficients="turbo_muon", adamw_lr=1e-2),
+        takes_model=True,
+    ),
     Case("lion", lambda p: normopt.Lion(p, lr=3e-3)),
     Case("lionk-nuclear", lambda p: normopt.LionK(p, K=N.Nuclear(), lr=2e-2), matrices_only=True),
     Case(
@@ -400,6 +405,7 @@ BAD_ARGS = [
     (lambda p: normopt.AdaMuon(p, beta2=1.5), "beta2"),
     (lambda p: normopt.AdaMuon(p, eps=0.0), "eps"),
     (lambda p: normopt.Muon(p, num_heads=0), "num_heads"),
+    (lambda p: normopt.Muon(p, ns_coefficients="bogus"), "ns_coefficients"),
     (lambda p: normopt.Muon([{"params": p, "num_heads": 3}]), "num_heads"),
 ]
 

@@ -239,10 +239,12 @@ FAMILY = [
     lambda ps: normopt.NorMuon(ps),
     lambda ps: normopt.AdaMuon(ps),
     lambda ps: normopt.Muon([{"params": ps, "num_heads": 2}]),
+    lambda ps: normopt.Muon(ps, ns_steps=4, ns_coefficients="turbo_muon"),
 ]
+FAMILY_IDS = ["normuon", "adamuon", "muon-heads", "muon-turbo"]
 
 
-@pytest.mark.parametrize("make", FAMILY, ids=["normuon", "adamuon", "muon-heads"])
+@pytest.mark.parametrize("make", FAMILY, ids=FAMILY_IDS)
 def test_skipped_step_leaves_state_bit_for_bit(make):
     params = [nn.Parameter(torch.randn(8, 6)), nn.Parameter(torch.randn(8, 6))]
     opt = make(params)
@@ -262,7 +264,7 @@ def test_skipped_step_leaves_state_bit_for_bit(make):
             assert torch.equal(v, state[id(p)][k]), k
 
 
-@pytest.mark.parametrize("make", FAMILY, ids=["normuon", "adamuon", "muon-heads"])
+@pytest.mark.parametrize("make", FAMILY, ids=FAMILY_IDS)
 def test_meta_device_step_completes(make):
     params = [nn.Parameter(torch.empty(8, 6, device="meta")) for _ in range(2)]
     opt = make(params)
@@ -273,7 +275,7 @@ def test_meta_device_step_completes(make):
     assert all(v.device.type == "meta" for st in opt.state.values() for v in st.values())
 
 
-@pytest.mark.parametrize("make", FAMILY, ids=["normuon", "adamuon", "muon-heads"])
+@pytest.mark.parametrize("make", FAMILY, ids=FAMILY_IDS)
 def test_no_graph_breaks(make):
     params = [nn.Parameter(torch.randn(8, 6)), nn.Parameter(torch.randn(4, 6))]
     opt = make(params)
@@ -283,3 +285,29 @@ def test_no_graph_breaks(make):
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(opt.step)()
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# -- named coefficient schedules in Muon ------------------------------------------------------
+@pytest.mark.parametrize("name,steps", [("deepseek_v4", 10), ("turbo_muon", 4), ("cans_cubic", 10)])
+def test_muon_takes_a_named_schedule(name, steps):
+    W0 = torch.randn(12, 5, dtype=F64)
+    grads = [torch.randn(12, 5, dtype=F64) for _ in range(3)]
+    p = nn.Parameter(W0.clone())
+    opt = normopt.Muon([p], lr=0.02, momentum=0.9, ns_steps=steps, ns_coefficients=name)
+    W, B = W0.clone(), torch.zeros_like(W0)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        B, M = _momentum(B, g, 0.9, True)
+        O = polar(M, "newton_schulz", steps, coefficients=name)
+        W = W - 0.02 * _jordan(12, 5) * O
+    torch.testing.assert_close(p.detach(), W, rtol=0, atol=1e-12)
+    assert opt.state_dict()["param_groups"][0]["ns_coefficients"] == name
+
+
+def test_ns_coefficients_must_be_a_schedule_name():
+    w = [nn.Parameter(torch.randn(4, 3))]
+    with pytest.raises(ValueError, match="ns_coefficients"):
+        normopt.Muon(w, ns_coefficients="nope")
+    with pytest.raises(ValueError, match="ns_coefficients"):
+        normopt.Muon(w, polar="svd", ns_coefficients="jordan")

@@ -26,6 +26,7 @@ from normopt._checks import (
     check_number,
     check_polar_method,
 )
+from normopt.linalg import SCHEDULES
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim import moves
 from normopt.optim.adamw import adamw_step
@@ -130,6 +131,9 @@ class Muon(NormOptimizer):
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).
         polar: polar method name (``"newton_schulz"``; see :func:`normopt.linalg.polar`).
         ns_steps: iterations of the polar method (5).
+        ns_coefficients: a schedule of :data:`normopt.linalg.SCHEDULES` by name for the
+            quintic methods (default ``None``: the method's own; e.g. ``"deepseek_v4"`` with
+            ``ns_steps=10``, ``"turbo_muon"`` with 4, ``"cans_cubic"`` with 10).
         polar_dtype: dtype name of the iteration (``"bfloat16"``, ``"float32"``, ...);
             default ``None``: bf16 on CUDA, float32 on the CPU (as :func:`normopt.linalg.polar`).
         adjust_lr: shape scale rule: ``"original"`` (Jordan,
@@ -170,6 +174,7 @@ class Muon(NormOptimizer):
         weight_decay: float = 0.0,
         polar: str = "newton_schulz",
         ns_steps: int | None = 5,
+        ns_coefficients: str | None = None,
         polar_dtype: str | None = None,
         adjust_lr: str | None = "original",
         variant: str | None = None,
@@ -190,6 +195,7 @@ class Muon(NormOptimizer):
             weight_decay=weight_decay,
             polar=polar,
             ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
             polar_dtype=polar_dtype,
             adjust_lr=adjust_lr,
             variant=variant,
@@ -317,6 +323,16 @@ class Muon(NormOptimizer):
             group["ns_steps"] = None
         else:
             check_int("ns_steps", group["ns_steps"], 1)
+        coefficients = group.get("ns_coefficients")
+        if coefficients is not None:
+            # a registry name only: the state dict stays plain data
+            if not isinstance(coefficients, str) or coefficients not in SCHEDULES:
+                raise ValueError(
+                    f"ns_coefficients: expected one of {sorted(SCHEDULES)} or None, got "
+                    f"{coefficients!r}"
+                )
+            if group["polar"] == "svd":
+                raise ValueError("ns_coefficients: the 'svd' polar method takes no schedule")
         adjust_lr_factor(group["adjust_lr"], 1, 1)
         check_dtype_name("polar_dtype", group["polar_dtype"])
         if group["variant"] not in VARIANTS:
@@ -382,7 +398,13 @@ class Muon(NormOptimizer):
         # normopt.kernels.polar: the fast path its dispatch picks for the device (CUDA), the
         # reference normopt.linalg.polar elsewhere
         dtype = check_dtype_name("polar_dtype", group["polar_dtype"])
-        return kernels.polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
+        return kernels.polar(
+            stack,
+            group["polar"],
+            group["ns_steps"],
+            coefficients=group.get("ns_coefficients"),
+            compute_dtype=dtype,
+        )
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute

@@ -311,3 +311,18 @@ def test_ns_coefficients_must_be_a_schedule_name():
         normopt.Muon(w, ns_coefficients="nope")
     with pytest.raises(ValueError, match="ns_coefficients"):
         normopt.Muon(w, polar="svd", ns_coefficients="jordan")
+
+
+def test_normuon_state_of_another_layout_is_a_clear_error():
+    a = nn.Parameter(torch.randn(6, 4))
+    opt = normopt.NorMuon([a])
+    a.grad = torch.randn(6, 4)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["second_momentum_buffer"] = torch.zeros(3, 1)
+    b = nn.Parameter(torch.randn(6, 4))
+    opt2 = normopt.NorMuon([b])
+    opt2.load_state_dict(sd)
+    b.grad = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="second_momentum_buffer"):
+        opt2.step()

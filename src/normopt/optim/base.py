@@ -597,6 +597,13 @@ class NormOptimizer(Optimizer):
                 raise ValueError(f"state {key!r}: a per-row shape needs a plain stacked block")
             buf = torch.zeros((len(block.params), *element), dtype=block.dtype, device=block.device)
             views = list(buf.unbind(0))
+            for p in block.params:  # a loaded state dict of another layout: say so
+                old = self.state[p].get(key)
+                if isinstance(old, Tensor) and tuple(old.shape) != tuple(element):
+                    raise ValueError(
+                        f"state {key!r}: shape {tuple(old.shape)}, expected {tuple(element)} "
+                        f"for {self._param_name(self._group_of(p), p)}"
+                    )
         have = [
             (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
         ]
@@ -606,6 +613,9 @@ class NormOptimizer(Optimizer):
             self.state[p][key] = v
         block.buffers[key], block.views[key] = buf, views
         return buf
+
+    def _group_of(self, p: Tensor) -> dict[str, Any]:
+        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
 
     def _counter(self, block: Block, key: str = "step") -> Tensor:
         """A per-parameter step counter ``(B,)`` (float32, like torch's ``state["step"]``) whose

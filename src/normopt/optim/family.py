@@ -128,7 +128,8 @@ class AdaMuon(Muon):
     Chosen here: ``v`` is updated by ``lerp`` (the masked form of the skip policy; equal to
     ``mul``/``addcmul`` up to rounding); weight decay defaults to 0 as in :class:`Muon`
     (the authors' default is 0.01); with ``num_heads`` each head is a matrix (``m`` its
-    rows). ``state[p]["exp_avg_sq"]`` is ``v`` in the parameter's shape and
+    rows), and a 4-D kernel is its ``(d_out, -1)`` view (the authors take ``min`` over all
+    of ``p.shape``). ``state[p]["exp_avg_sq"]`` is ``v`` in the parameter's shape and
     ``state[p]["step"]`` the count.
 
     Args:

@@ -34,7 +34,15 @@ def max_logits(
     ``k`` ``(..., heads, L_k, d)`` (as ``scaled_dot_product_attention`` takes them), ``mask``
     (broadcast to ``(..., heads, L_q, L_k)``) True where a pair is attended (SDPA's boolean
     convention). ``scale`` defaults to ``1 / sqrt(d)``. Returns ``(heads,)``, float32 at least
-    (``-inf`` for a head with no attended pair)."""
+    (``-inf`` for a head with no attended pair).
+
+    Example:
+        >>> import torch
+        >>> from normopt.optim import max_logits
+        >>> q, k = torch.ones(2, 3, 4), torch.ones(2, 5, 4)  # 2 heads
+        >>> max_logits(q, k)
+        tensor([2., 2.])
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     dtype = torch.promote_types(q.dtype, torch.float32)
     S = (q.to(dtype) @ k.to(dtype).mT) * scale  # (..., heads, L_q, L_k)
@@ -61,7 +69,17 @@ def qk_clip_(
     sharing key head ``g``) a group takes the largest logit of its query heads, and its key
     head and all its query heads are scaled by that group's ``sqrt(eta)`` (Megatron-LM's
     grouped rule). A bias of the projection, when given, is scaled with its weight, so that
-    ``q`` and ``k`` themselves are scaled. Returns the factor applied to each query head."""
+    ``q`` and ``k`` themselves are scaled. Returns the factor applied to each query head.
+
+    Example:
+        >>> import torch
+        >>> from normopt.optim import qk_clip_
+        >>> q_w, k_w = torch.ones(4, 3), torch.ones(4, 3)  # 2 heads of 2 rows
+        >>> qk_clip_(q_w, k_w, torch.tensor([400.0, 50.0]), tau=100.0)
+        tensor([0.5000, 1.0000])
+        >>> q_w[:, 0]
+        tensor([0.5000, 0.5000, 1.0000, 1.0000])
+    """
     heads = logits.shape[-1]
     kv = heads if num_kv_heads is None else check_int("num_kv_heads", num_kv_heads, 1)
     if heads % kv:

@@ -33,7 +33,8 @@ def _heads_groups(model: nn.Module) -> list[dict[str, Any]]:
     named = list(model.named_parameters())
     heads = [(n, p) for n, p in named if p.ndim >= 2 and p.shape[0] % 2 == 0]
     rest = [(n, p) for n, p in named if all(p is not q for _, q in heads)]
-    return [{"params": heads, "num_heads": 2}, {"params": rest}]
+    groups = [{"params": heads, "num_heads": 2}, {"params": rest}]
+    return [g for g in groups if g["params"]]
 
 
 CASES = [

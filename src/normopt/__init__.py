@@ -11,6 +11,7 @@ Lion-K, Kovalev's trust region and modular steepest descent are all instances.
 
 from normopt import linalg, norms, theory
 from normopt.optim import (
+    AdaMuon,
     HuberNuclear,
     Lion,
     LionK,
@@ -18,6 +19,8 @@ from normopt.optim import (
     MuonMVR2,
     NonFiniteGradientError,
     NonFiniteUpdateError,
+    NorMuon,
+    QKClip,
     SteepestDescent,
     TrustRegion,
     classify,
@@ -32,6 +35,7 @@ __all__ = [
     "linalg",
     "norms",
     "theory",
+    "AdaMuon",
     "HuberNuclear",
     "Lion",
     "LionK",
@@ -39,6 +43,8 @@ __all__ = [
     "MuonMVR2",
     "NonFiniteGradientError",
     "NonFiniteUpdateError",
+    "NorMuon",
+    "QKClip",
     "SteepestDescent",
     "TrustRegion",
     "classify",

@@ -223,3 +223,11 @@ def test_exact_norms_never_take_a_fast_path(monkeypatch):
         assert torch.equal(N.Nuclear().dual().dualize(G), exact)
         assert torch.equal(N.RMSToRMS().dualize(G), exact * (12 / 20) ** 0.5)
     assert calls == []
+
+
+def test_aol_schedules_take_the_reference_on_every_backend():
+    """The fast paths normalize by ||G||_F only: an AOL schedule (Turbo-Muon) runs linalg's."""
+    G = torch.randn(3, 6, 9)
+    ref = linalg.polar(G, "newton_schulz", 4, coefficients="turbo_muon")
+    out = kernels.polar(G, "newton_schulz", 4, coefficients="turbo_muon", backend="fused")
+    assert torch.equal(out, ref)

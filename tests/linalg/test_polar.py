@@ -78,6 +78,36 @@ BANDS = [
 # fmt: on
 BAND_SHAPES = [(16, 16), (8, 32), (32, 8), (4, 64)]
 
+# The named schedules of normopt.linalg.SCHEDULES beyond each method's default, run through
+# polar(G, "newton_schulz", steps, coefficients=name); measured like BANDS (same matrices, same
+# t rules: bf16 iteration at t = 1e-2). fp64 rows of Frobenius-normalized schedules are the
+# scalar map's extremes rounded outward; "turbo_muon" (AOL) is not a function of the singular
+# values alone (polar(D G) != polar(G)), so its rows are measured values rounded outward.
+# fmt: off
+SCHEDULE_BANDS = [
+    # schedule, steps, input dtype, compute dtype, t, lo, hi, top   # measured lo, hi (max sv)
+    ("cans_cubic", 8, f64, None, 1e-3, 0.9015, 1.0538, 1.0538),  # 0.90203, 1.05352; map 0.90152, 1.05373
+    ("cans_cubic", 8, f32, None, 1e-3, 0.9014, 1.0538, 1.0538),  # 0.90203, 1.05352
+    ("cans_cubic", 10, f64, None, 1e-3, 0.9991, 1.0000, 1.0000),  # 0.99913, 0.99991; map 0.99911, 0.99991
+    ("cans_cubic", 10, f32, None, 1e-3, 0.9990, 1.0001, 1.0001),  # 0.99913, 0.99991
+    ("cans_cubic", 10, bf16, None, 1e-3, 0.9950, 1.0050, 1.0060),  # 0.99844, 1.00061 (1.00252)
+    ("cans_cubic", 10, f32, bf16, 1e-2, 0.9850, 1.0100, 1.0150),  # 0.99282, 1.00235 (1.00546)
+    ("cans_cubic", 12, f64, None, 1e-3, 0.999999, 1.000001, 1.000001),  # 1.00000, 1.00000
+    ("cans_cubic", 12, f32, None, 1e-3, 0.9999, 1.0001, 1.0001),  # 1.00000, 1.00000
+    ("deepseek_v4", 10, f64, None, 1.5e-3, 0.99999, 1.0006, 1.0021),  # 1.00000, 1.00054; map 1.00000, 1.00054 (1.00202)
+    ("deepseek_v4", 10, f32, None, 1.5e-3, 0.9999, 1.0006, 1.0021),  # 1.00000, 1.00054
+    ("deepseek_v4", 10, bf16, None, 1.5e-3, 0.9950, 1.0050, 1.0060),  # 0.99919, 1.00144 (1.00296)
+    ("deepseek_v4", 10, f32, bf16, 1e-2, 0.9750, 1.0100, 1.0150),  # 0.98374, 1.00336 (1.00628)
+    ("turbo_muon", 4, f64, None, 1e-3, 0.1490, 1.1170, 1.1236),  # 0.14982, 1.11640 (1.12356)
+    ("turbo_muon", 4, f64, None, 1e-2, 0.8450, 1.1170, 1.1236),  # 0.84567, 1.11682 (1.12341)
+    ("turbo_muon", 4, f32, None, 1e-2, 0.8450, 1.1170, 1.1237),  # 0.84567, 1.11682 (1.12341)
+    ("turbo_muon", 4, f32, bf16, 1e-2, 0.8350, 1.1300, 1.1300),  # 0.84563, 1.11663 (1.12514)
+    ("turbo_muon", 5, f64, None, 1e-2, 0.9140, 1.0012, 1.0012),  # 0.91417, 1.00097 (1.00118)
+    ("turbo_muon", 5, f32, None, 1e-2, 0.9140, 1.0013, 1.0013),  # 0.91417, 1.00097 (1.00118)
+    ("turbo_muon", 5, f32, bf16, 1e-2, 0.8800, 1.0100, 1.0150),  # 0.88891, 1.00494 (1.00673)
+]
+# fmt: on
+
 
 def _band_id(row) -> str:
     method, steps, dtype, compute, t, *_ = row
@@ -115,6 +145,66 @@ def test_singular_value_bands(row):
         assert float(sv.max()) <= top, (
             f"{tuple(G.shape)}: max singular value {float(sv.max()):.5f} > {top}"
         )
+
+
+def _check_band(O, ref, t, lo, hi, top):
+    U, S, Vh = torch.linalg.svd(ref, full_matrices=False)
+    O64 = O.double()
+    diag = torch.diagonal(U.mT @ O64 @ Vh.mT, dim1=-2, dim2=-1)  # u_i^T O v_i
+    vals = diag[S / torch.linalg.matrix_norm(ref).unsqueeze(-1) >= t]
+    assert float(vals.min()) >= lo, f"{tuple(ref.shape)}: {float(vals.min()):.5f} < {lo}"
+    assert float(vals.max()) <= hi, f"{tuple(ref.shape)}: {float(vals.max()):.5f} > {hi}"
+    top_sv = float(torch.linalg.svdvals(O64).max())
+    assert top_sv <= top, f"{tuple(ref.shape)}: max singular value {top_sv:.5f} > {top}"
+
+
+@pytest.mark.parametrize("row", SCHEDULE_BANDS, ids=_band_id)
+def test_schedule_bands(row):
+    name, steps, dtype, compute, t, lo, hi, top = row
+    for G in band_matrices(t, seed=steps):
+        Gi = G.to(dtype)
+        O = polar(Gi, "newton_schulz", steps, coefficients=name, compute_dtype=compute)
+        assert O.dtype == dtype and O.shape == G.shape
+        _check_band(O, Gi.double(), t, lo, hi, top)
+
+
+@pytest.mark.parametrize(
+    "row", [r for r in SCHEDULE_BANDS if r[2] == f64 and r[0] != "turbo_muon"], ids=_band_id
+)
+def test_schedule_band_edges_are_the_scalar_map_extremes(row):
+    name, steps, _, _, t, lo, hi, top = row
+    m_lo, m_hi, m_top = map_extremes(name, steps, t)
+    assert lo <= m_lo <= lo + 1e-3
+    assert hi - 1e-3 <= m_hi <= hi
+    assert top - 1e-3 <= m_top <= top
+
+
+def test_schedules_are_what_their_sources_say():
+    cans = SCHEDULES["cans_cubic"]
+    ds = SCHEDULES["deepseek_v4"]
+    assert ds.coefficients == ((3.4445, -4.7750, 2.0315),) * 8 + ((2.0, -1.5, 0.5),) * 2
+    assert SCHEDULES["turbo_muon"].precondition == "aol"
+    assert SCHEDULES["turbo_muon"].coefficients == SCHEDULES["polar_express"].coefficients[1:]
+    # CANS cubic: each step equioscillates on its interval (the alternance theorem), before
+    # the safety factor; undo it (a f, b f^3) to check
+    a, b = 1e-3, 1.0
+    for i, (al, be, c) in enumerate(cans.coefficients[:6]):
+        assert c == 0.0
+        al, be = al * 1.01, be * 1.01**3
+        e = ((a * a + a * b + b * b) / 3) ** 0.5
+        p = [al * x + be * x**3 for x in (a, e, b)]
+        err = [1 - p[0], p[1] - 1, 1 - p[2]]
+        assert max(err) - min(err) < 1e-12 * max(1.0, abs(err[0])), (i, err)
+        a, b = p[0], p[1]
+
+
+def test_aol_output_has_spectral_norm_at_most_one_before_iterating():
+    from normopt.linalg.polar import _aol
+
+    G = torch.randn(3, 7, 11, dtype=F64)
+    X, A = _aol(G, 1e-7)
+    assert float(torch.linalg.matrix_norm(X, ord=2).max()) <= 1 + 1e-12
+    torch.testing.assert_close(A, X @ X.mT, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("row", [r for r in BANDS if r[2] == f64], ids=_band_id)

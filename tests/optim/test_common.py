@@ -28,6 +28,15 @@ class Case:
     matrices_only: bool = False  # the optimizer cannot carry 1-D tensors
 
 
+def _heads_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Per-head Muon (2 heads) on the matrices with an even row count, the rest as routed."""
+    named = list(model.named_parameters())
+    heads = [(n, p) for n, p in named if p.ndim >= 2 and p.shape[0] % 2 == 0]
+    rest = [(n, p) for n, p in named if all(p is not q for _, q in heads)]
+    groups = [{"params": heads, "num_heads": 2}, {"params": rest}]
+    return [g for g in groups if g["params"]]
+
+
 CASES = [
     Case("muon", lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2), takes_model=True),
     Case(
@@ -65,6 +74,20 @@ CASES = [
         lambda m: normopt.MuonMVR2(m, lr=0.02, adamw_lr=1e-2),
         takes_model=True,
         needs_closure=True,
+    ),
+    Case("normuon", lambda m: normopt.NorMuon(m, lr=0.02, adamw_lr=1e-2), takes_model=True),
+    Case(
+        "normuon-plain",
+        lambda p: normopt.NorMuon(p, lr=0.02, weight_decay=0.01),
+        matrices_only=True,
+    ),
+    Case("adamuon", lambda m: normopt.AdaMuon(m, lr=0.05, adamw_lr=1e-2), takes_model=True),
+    Case("adamuon-plain", lambda p: normopt.AdaMuon(p, lr=0.05), matrices_only=True),
+    Case("muon-heads", lambda m: normopt.Muon(_heads_groups(m), lr=0.02), takes_model=True),
+    Case(
+        "muon-turbo",
+        lambda m: normopt.Muon(m, lr=0.02, ns_steps=4, ns_coefficients="turbo_muon", adamw_lr=1e-2),
+        takes_model=True,
     ),
     Case("lion", lambda p: normopt.Lion(p, lr=3e-3)),
     Case("lionk-nuclear", lambda p: normopt.LionK(p, K=N.Nuclear(), lr=2e-2), matrices_only=True),
@@ -378,6 +401,13 @@ BAD_ARGS = [
         "weight_decay",
     ),
     (lambda p: normopt.LionK(p, K=normopt.HuberNuclear(0.0)), "delta"),
+    (lambda p: normopt.NorMuon(p, beta2=1.0), "beta2"),
+    (lambda p: normopt.NorMuon(p, eps=-1.0), "eps"),
+    (lambda p: normopt.AdaMuon(p, beta2=1.5), "beta2"),
+    (lambda p: normopt.AdaMuon(p, eps=0.0), "eps"),
+    (lambda p: normopt.Muon(p, num_heads=0), "num_heads"),
+    (lambda p: normopt.Muon(p, ns_coefficients="bogus"), "ns_coefficients"),
+    (lambda p: normopt.Muon([{"params": p, "num_heads": 3}]), "num_heads"),
 ]
 
 

@@ -24,7 +24,7 @@ from normopt import norms as N
 from normopt.optim import NonFiniteGradientError, NonFiniteUpdateError
 
 # Rows whose step moves the weights even for a zero gradient (decoupled decay, Frank-Wolfe).
-DECAYING = {"muon-wd", "sd-frank-wolfe"}
+DECAYING = {"muon-wd", "sd-frank-wolfe", "normuon-plain"}
 # Rows whose step does not depend on the gradient's scale (normalized directions) on
 # matrices: all but the unnormalized steepest descent (step ~ ||g||) and Huber's smoothed
 # nuclear norm (small singular values stay proportional).

@@ -178,6 +178,71 @@ def _muon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
 
 
 @register_optimizer(
+    "normuon",
+    lr=0.02,
+    summary="normopt.NorMuon(model): Muon + neuron-wise second moment, beta2 0.95 (arXiv 2510.05491)",
+    requires="NorMuon",
+)
+def _normuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.NorMuon(  # type: ignore[attr-defined]
+        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
+    )
+
+
+@register_optimizer(
+    "adamuon",
+    lr=0.02,
+    summary="normopt.AdaMuon(model): Muon + entrywise second moment, update RMS 0.2 lr "
+    "(arXiv 2507.11005)",
+    requires="AdaMuon",
+)
+def _adamuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    return normopt.AdaMuon(  # type: ignore[attr-defined]
+        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
+    )
+
+
+def _head_count(model: nn.Module) -> int | None:
+    """The number of attention heads of a model (modules' ``n_head`` or ``num_heads``), None
+    without attention; a model whose layers differ is refused."""
+    counts = {
+        int(getattr(m, a))
+        for m in model.modules()
+        for a in ("n_head", "num_heads")
+        if hasattr(m, a)
+    }
+    if len(counts) > 1:
+        raise ValueError(f"muon-heads: layers with different head counts {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
+@register_optimizer(
+    "muon-heads",
+    lr=0.02,
+    summary="normopt.Muon with per-head orthogonalization of fused qkv weights (num_heads), "
+    "the rest as muon",
+    requires="Muon",
+)
+def _muon_heads(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+    import normopt
+
+    # a fused ``qkv`` Linear (the harness's GPT) is 3 matrices; nn.MultiheadAttention's
+    # in_proj_weight is split by the routing itself
+    groups = normopt.param_groups(model, split_rules={r"(^|\.)qkv\.weight$": 3})
+    heads = _head_count(model)
+    for g in groups:
+        if g["role"] == "qkv" and heads is not None:
+            g["num_heads"] = heads
+    return normopt.Muon(  # type: ignore[attr-defined]
+        groups, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
+    )
+
+
+@register_optimizer(
     "lion", lr=1e-4, summary="normopt.Lion on every tensor, betas (0.9, 0.99)", requires="Lion"
 )
 def _lion(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:

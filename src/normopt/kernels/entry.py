@@ -88,5 +88,9 @@ def polar(
     n_steps = _DEFAULT_STEPS[method] if steps is None else steps
     check_int("steps", n_steps, 1)
     sched = get_schedule(_DEFAULT_SCHEDULE[method] if coefficients is None else coefficients)
+    if sched.precondition != "frobenius":  # the fast paths normalize by ||G||_F only
+        return polar_reference(
+            G, method, steps, coefficients=coefficients, compute_dtype=compute_dtype
+        )
     coeffs = [sched.at(i) for i in range(n_steps)]  # plain floats: no device reads
     return quintic_polar(G, coeffs, sched.norm_scale, compute_dtype=compute_dtype, backend=name)

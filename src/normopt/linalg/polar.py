@@ -20,6 +20,12 @@ Methods (SPEC A5):
   ``O(m^3)`` instead of ``O(m^2 n)`` and the long side is touched only at the
   start, after the restart and at the end.
 
+Named coefficient schedules (:data:`SCHEDULES`, passed as ``coefficients=``): ``"jordan"``,
+``"polar_express"``, ``"classical"``, ``"cans_cubic"`` (CANS, arXiv 2506.10935, degree 3),
+``"deepseek_v4"`` (the reported 8 + 2 step hybrid, unverified) and ``"turbo_muon"``
+(AOL preconditioning, arXiv 2512.04632). Their measured bands are in
+``tests/linalg/test_polar.py`` (``SCHEDULE_BANDS``).
+
 Input is never modified; the output has the input's dtype and shape.
 """
 
@@ -58,12 +64,19 @@ class CoefficientSchedule:
     Step ``i`` uses ``coefficients[i]``; steps past the end repeat the last
     triple. ``norm_scale`` multiplies the Frobenius norm used to bring all
     singular values under 1 before the first step (a margin against round-off).
+    ``precondition`` is how the input is scaled before the first step:
+    ``"frobenius"`` (``X_0 = G / (||G||_F norm_scale)``) or ``"aol"`` (Turbo-Muon's
+    almost-orthogonal-layer rescaling, ``X_0 = D G`` with
+    ``D = diag(sum_j |(G G^T)_ij|)^(-1/2)`` for a wide ``G``, which bounds
+    ``||X_0||_2 <= 1``; then the output is no longer a function of ``G``'s singular
+    values alone, since ``polar(D G) != polar(G)`` in general).
     """
 
     name: str
     coefficients: tuple[tuple[float, float, float], ...]
     norm_scale: float = 1.0
     source: str = ""
+    precondition: str = "frobenius"
 
     def at(self, step: int) -> tuple[float, float, float]:
         return self.coefficients[min(step, len(self.coefficients) - 1)]
@@ -92,6 +105,30 @@ _POLAR_EXPRESS_RAW = [
     (1.875, -1.25, 0.375),
 ]
 
+
+def _cans_cubic(lower: float, steps: int) -> tuple[tuple[float, float, float], ...]:
+    """CANS of degree 3 (arXiv 2506.10935, the cubic case of section 3): per step, the odd cubic
+    ``p(x) = alpha x + beta x^3`` closest to 1 in the max norm on the current interval
+    ``[a, b]``, then the next interval is ``p([a, b]) = [p(a), p(e)]``. Computed here from the
+    equioscillation (alternance) conditions ``1 - p(a) = p(e) - 1 = 1 - p(b)`` with ``e`` the
+    maximum of ``p``: ``p(a) = p(b)`` gives ``alpha = -3 beta e^2``, ``e^2 = (a^2 + ab + b^2) / 3``,
+    and ``p(a) + p(e) = 2`` gives ``beta = 2 / (a^3 - 3 e^2 a - 2 e^3)``. The paper's own tables
+    were not available here; these numbers are this derivation's, not copied."""
+    out = []
+    a, b = lower, 1.0
+    for _ in range(steps):
+        e2 = (a * a + a * b + b * b) / 3.0
+        e = e2**0.5
+        beta = 2.0 / (a**3 - 3.0 * e2 * a - 2.0 * e**3)
+        alpha = -3.0 * beta * e2
+        out.append((alpha, beta, 0.0))
+        a, b = alpha * a + beta * a**3, alpha * e + beta * e**3
+    return tuple(out)
+
+
+# Jordan's triple, shared by the schedules built on it.
+_JORDAN = (3.4445, -4.7750, 2.0315)
+
 SCHEDULES: dict[str, CoefficientSchedule] = {
     # K. Jordan's Muon (github.com/KellerJordan/Muon, "zeropower_via_newtonschulz5").
     "jordan": CoefficientSchedule(
@@ -114,6 +151,37 @@ SCHEDULES: dict[str, CoefficientSchedule] = {
         coefficients=((1.875, -1.25, 0.375),),
         norm_scale=1.0,
         source="Higham, Functions of Matrices (2008), ch. 8",
+    ),
+    # Grishina, Smirnov, Rakhuba, CANS (arXiv 2506.10935): Chebyshev-optimal cubic steps from
+    # the lower bound 1e-3 (Polar Express's), derived here (see _cans_cubic); c = 0, so a step
+    # is one product fewer in exact arithmetic (the quintic loop still forms A^2: no saving here).
+    # With Polar Express's safety factor 1.01 (our choice): without it, bf16 round-off put
+    # values past the cubic's root sqrt(-alpha/beta) ~ 1.0005 and flipped their sign.
+    "cans_cubic": CoefficientSchedule(
+        name="cans_cubic",
+        coefficients=_with_safety(list(_cans_cubic(1e-3, 12)), 1.01),
+        norm_scale=1.01,
+        source="arXiv 2506.10935 (degree 3; coefficients derived here, not the paper's tables)",
+    ),
+    # The 10-step hybrid reported for DeepSeek-V4: 8 steps of Jordan's triple to lift small
+    # singular values fast, then 2 of (2, -1.5, 0.5) (p(1) = 1, p'(1) = 0) to settle them near
+    # 1. UNVERIFIED: from secondary reports, not from a DeepSeek paper or code read here.
+    "deepseek_v4": CoefficientSchedule(
+        name="deepseek_v4",
+        coefficients=(_JORDAN,) * 8 + ((2.0, -1.5, 0.5),) * 2,
+        norm_scale=1.0,
+        source="reported DeepSeek-V4 hybrid Newton-Schulz (unverified)",
+    ),
+    # Turbo-Muon (arXiv 2512.04632; modded-nanogpt record 2025-11-11, thib-s/flash-newton-schulz): AOL
+    # rescaling instead of the Frobenius normalization, and Polar Express's schedule without
+    # its first step (the record's README: "drop the first iteration of the usual newton
+    # schulz coefficients"), so 4 steps do the work of 5.
+    "turbo_muon": CoefficientSchedule(
+        name="turbo_muon",
+        coefficients=_with_safety(_POLAR_EXPRESS_RAW, 1.01)[1:],
+        norm_scale=1.0,
+        source="arXiv 2512.04632 (AOL preconditioning; Polar Express from its 2nd step)",
+        precondition="aol",
     ),
 }
 
@@ -204,6 +272,19 @@ def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
     return X / (fro * scale).clamp_min(eps)
 
 
+def _aol(X: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """AOL rescaling of a wide ``X`` (Prach & Lampert, arXiv 2208.03160; Turbo-Muon):
+    ``D = diag(sum_j |A_ij|)^(-1/2)`` with ``A = X X^T``, returns ``(D X, D A D)``, the second
+    being the first step's Gram matrix (the product is not formed twice, as Turbo-Muon fuses
+    it). ``||D X||_2 <= 1``: the spectral norm of ``D A D`` is at most its largest absolute
+    row sum, which is at most 1."""
+    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
+    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)  # overflow-safe, as _normalize
+    A = X @ X.mT  # (..., m, m)
+    d = A.abs().sum(dim=-1).clamp_min(eps).rsqrt()  # (..., m); a zero row stays zero
+    return X * d.unsqueeze(-1), A * d.unsqueeze(-1) * d.unsqueeze(-2)
+
+
 def newton_schulz(
     G: Tensor,
     steps: int = 5,
@@ -233,10 +314,14 @@ def newton_schulz(
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT
-    X = _normalize(X, sched.norm_scale, eps)
+    A0 = None
+    if sched.precondition == "aol":
+        X, A0 = _aol(X, eps)
+    else:
+        X = _normalize(X, sched.norm_scale, eps)
     for i in range(steps):
         a, b, c = sched.at(i)
-        A = X @ X.mT  # (..., m, m), m <= n
+        A = X @ X.mT if A0 is None or i else A0  # (..., m, m), m <= n
         B = b * A + c * (A @ A)  # (..., m, m)
         X = a * X + B @ X  # (..., m, n)
     if transposed:
@@ -281,7 +366,10 @@ def gram_newton_schulz(
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT
-    X = _normalize(X, sched.norm_scale, eps)
+    if sched.precondition == "aol":
+        X, _ = _aol(X, eps)  # R is formed below in the Gram dtype
+    else:
+        X = _normalize(X, sched.norm_scale, eps)
     m = X.shape[-2]
     eye = torch.eye(m, dtype=gram_dtype, device=X.device)
     Xg = X.to(gram_dtype)

@@ -584,15 +584,32 @@ class NormOptimizer(Optimizer):
             return buf
         return None
 
-    def _state(self, block: Block, key: str) -> Tensor:
+    def _state(self, block: Block, key: str, element: tuple[int, ...] | None = None) -> Tensor:
         """The block tensor of state ``key``, each row of which is ``state[p][key]``. Built on
         first use from what the parameters' state holds (zeros where it holds nothing); rebuilt
-        when a parameter's state no longer holds the row (a state dict was loaded)."""
+        when a parameter's state no longer holds the row (a state dict was loaded).
+
+        ``element``: a per-row shape other than the parameter's (NorMuon's per-neuron second
+        moment, ``(rows, 1)``): the block tensor is ``(B, *element)`` and ``state[p][key]`` is
+        its row ``j`` in that shape (a stacked block only, none of it transposed)."""
         buf = self._held(block, key)
         if buf is not None:
             return buf
-        buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
-        views = block.rows(buf)
+        if element is None:
+            buf = torch.zeros(block.shape, dtype=block.dtype, device=block.device)
+            views = block.rows(buf)
+        else:
+            if block.flat or any(block.flipped):
+                raise ValueError(f"state {key!r}: a per-row shape needs a plain stacked block")
+            buf = torch.zeros((len(block.params), *element), dtype=block.dtype, device=block.device)
+            views = list(buf.unbind(0))
+            for p in block.params:  # a loaded state dict of another layout: say so
+                old = self.state[p].get(key)
+                if isinstance(old, Tensor) and tuple(old.shape) != tuple(element):
+                    raise ValueError(
+                        f"state {key!r}: shape {tuple(old.shape)}, expected {tuple(element)} "
+                        f"for {self._param_name(self._group_of(p), p)}"
+                    )
         have = [
             (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
         ]
@@ -602,6 +619,9 @@ class NormOptimizer(Optimizer):
             self.state[p][key] = v
         block.buffers[key], block.views[key] = buf, views
         return buf
+
+    def _group_of(self, p: Tensor) -> dict[str, Any]:
+        return next(g for g in self.param_groups if any(q is p for q in g["params"]))
 
     def _counter(self, block: Block, key: str = "step") -> Tensor:
         """A per-parameter step counter ``(B,)`` (float32, like torch's ``state["step"]``) whose

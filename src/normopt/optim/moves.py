@@ -30,9 +30,11 @@ __all__ = [
     "Mask",
     "TensorOrList",
     "adam_",
+    "adamuon_",
     "ema_",
     "kovalev_",
     "lion_",
+    "normuon_",
 ]
 
 TensorOrList = Union[Tensor, list[Tensor]]  # noqa: UP007 (runtime alias on python 3.10)
@@ -199,3 +201,41 @@ def adam_(
     lerp_(m, g, _w(mask, 1.0 - b1, m))
     mul_(v, _d(mask, b2, v))
     addcmul_(v, g, g, value=1.0 - b2)  # g is 0 on a skipped step
+
+
+# -- moves after the direction (the newer Muon family) --------------------------------------
+def normuon_(O: Tensor, v: Tensor, beta2: float, eps: float, mask: Mask | None) -> Tensor:
+    """NorMuon's neuron-wise normalization of orthogonalized updates ``O`` (..., rows, cols),
+    ``v`` (..., rows, 1) their second moment per row (arXiv 2510.05491, Algorithm 1)::
+
+        v <- beta2 v + (1 - beta2) mean_j O_ij^2
+        N  = O / (sqrt(v) + eps)
+        N <- N ||O||_F / (||N||_F + eps)       (per matrix: the update keeps O's norm)
+
+    Returns ``N`` (a new tensor); ``v`` is updated in place (unchanged on a skipped step)."""
+    norm = torch.linalg.vector_norm(O, dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+    lerp_(v, (O * O).mean(dim=-1, keepdim=True), _w(mask, 1.0 - beta2, v))
+    N = O / (v.sqrt() + eps)
+    return N.mul_(norm / (torch.linalg.vector_norm(N, dim=(-2, -1), keepdim=True) + eps))
+
+
+def adamuon_(
+    O: Tensor,
+    v: Tensor,
+    beta2: float,
+    eps: float,
+    bias_correction2: Scalar,
+    target_norm: float,
+    mask: Mask | None,
+) -> Tensor:
+    """AdaMuon's entrywise second moment on orthogonalized updates ``O`` (..., rows, cols)
+    and its norm-aligned rescale (arXiv 2507.11005; the authors' ``adamuon.py``)::
+
+        v <- beta2 v + (1 - beta2) O^2
+        N  = O / (sqrt(v / (1 - beta2^t)) + eps)
+        N <- N target_norm / (||N||_F + eps)    (per matrix; target_norm = sqrt(min(rows, cols)))
+
+    Returns ``N`` (a new tensor); ``v`` is updated in place (unchanged on a skipped step)."""
+    lerp_(v, O * O, _w(mask, 1.0 - beta2, v))
+    N = O / ((v / bias_correction2).sqrt_() + eps)
+    return N.mul_(target_norm / (torch.linalg.vector_norm(N, dim=(-2, -1), keepdim=True) + eps))

@@ -26,6 +26,7 @@ from normopt._checks import (
     check_number,
     check_polar_method,
 )
+from normopt.linalg import SCHEDULES
 from normopt.norms import Frobenius, KyFanDual
 from normopt.optim import moves
 from normopt.optim.adamw import adamw_step
@@ -94,7 +95,13 @@ class Muon(NormOptimizer):
 
     4-D conv kernels are reshaped to ``(d_out, -1)``; a group may instead set
     ``batch_dims`` (leading dims that are a batch: 3-D expert stacks) or
-    ``split`` (a fused QKV weight split into ``split`` matrices along dim 0).
+    ``split`` (a fused QKV weight split into ``split`` matrices along dim 0), and
+    ``num_heads`` (per-head orthogonalization of attention projections: the rows of
+    each matrix, after ``split``, are ``num_heads`` blocks of ``rows / num_heads``
+    rows, the heads of a q, k or v projection, each orthogonalized and shape-scaled
+    as a matrix of its own; the per-block updates of dion's ``split_sizes`` and of
+    torchtitan's per-head Muon, here with equal blocks). An output projection, whose
+    heads are blocks of columns, is not covered by ``num_heads``.
     Matrices of one group with equal shapes are orthogonalized together as one
     batched stack, and their momentum is kept as one stacked tensor.
 
@@ -124,6 +131,9 @@ class Muon(NormOptimizer):
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).
         polar: polar method name (``"newton_schulz"``; see :func:`normopt.linalg.polar`).
         ns_steps: iterations of the polar method (5).
+        ns_coefficients: a schedule of :data:`normopt.linalg.SCHEDULES` by name for the
+            quintic methods (default ``None``: the method's own; e.g. ``"deepseek_v4"`` with
+            ``ns_steps=10``, ``"turbo_muon"`` with 4, ``"cans_cubic"`` with 10).
         polar_dtype: dtype name of the iteration (``"bfloat16"``, ``"float32"``, ...);
             default ``None``: bf16 on CUDA, float32 on the CPU (as :func:`normopt.linalg.polar`).
         adjust_lr: shape scale rule: ``"original"`` (Jordan,
@@ -135,6 +145,9 @@ class Muon(NormOptimizer):
             or ``"s_muon"`` (``a U V^T + (1-a) sign(M)``); arXiv 2512.09678.
         variant_k: ``k`` of Fanion-k (1). variant_a: ``a`` of F-/S-Muon (0.5; the
             paper's default was not verified here).
+        num_heads: per-head orthogonalization (1: whole matrices); usually set per group,
+            e.g. ``{"params": [q.weight, k.weight, v.weight], "num_heads": 8}``, or with
+            ``split=3`` for a fused QKV weight.
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the defaults of the
             ``"adamw"`` groups' ``lr``, ``betas``, ``eps``, ``weight_decay``
             (3e-4, (0.9, 0.95), 1e-10, 0).
@@ -161,11 +174,13 @@ class Muon(NormOptimizer):
         weight_decay: float = 0.0,
         polar: str = "newton_schulz",
         ns_steps: int | None = 5,
+        ns_coefficients: str | None = None,
         polar_dtype: str | None = None,
         adjust_lr: str | None = "original",
         variant: str | None = None,
         variant_k: int = 1,
         variant_a: float = 0.5,
+        num_heads: int = 1,
         adamw_lr: float | Tensor = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-10,
@@ -180,11 +195,13 @@ class Muon(NormOptimizer):
             weight_decay=weight_decay,
             polar=polar,
             ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
             polar_dtype=polar_dtype,
             adjust_lr=adjust_lr,
             variant=variant,
             variant_k=variant_k,
             variant_a=variant_a,
+            num_heads=num_heads,
             adamw_lr=adamw_lr,
             adamw_betas=tuple(adamw_betas)
             if isinstance(adamw_betas, tuple | list)
@@ -194,6 +211,9 @@ class Muon(NormOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
         )
+        # hyperparameters of a subclass's extra move (NorMuon's beta2, ...), set before this
+        # call so that the groups added below are checked with them
+        defaults.update(getattr(self, "_family_defaults", {}))
         # the adamw_* arguments are defaults of groups that may not exist yet: check them now
         check_number("adamw_lr", adamw_lr)
         check_betas("adamw_betas", adamw_betas)
@@ -311,12 +331,27 @@ class Muon(NormOptimizer):
             group["ns_steps"] = None
         else:
             check_int("ns_steps", group["ns_steps"], 1)
+        coefficients = group.get("ns_coefficients")
+        if coefficients is not None:
+            # a registry name only: the state dict stays plain data
+            if not isinstance(coefficients, str) or coefficients not in SCHEDULES:
+                raise ValueError(
+                    f"ns_coefficients: expected one of {sorted(SCHEDULES)} or None, got "
+                    f"{coefficients!r}"
+                )
+            if group["polar"] == "svd":
+                raise ValueError("ns_coefficients: the 'svd' polar method takes no schedule")
         adjust_lr_factor(group["adjust_lr"], 1, 1)
         check_dtype_name("polar_dtype", group["polar_dtype"])
         if group["variant"] not in VARIANTS:
             raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {group['variant']!r}")
         check_int("variant_k", group["variant_k"], 1)
         check_number("variant_a", group["variant_a"], 0.0, 1.0)
+        check_int("num_heads", group.get("num_heads", 1), 1)
+        if group.get("num_heads", 1) > 1 and (algo != "muon" or group.get("norm") is not None):
+            raise ValueError(
+                "num_heads: per-head orthogonalization is for 'muon' groups without a norm"
+            )
         for p in group["params"]:
             self._element_shape(p, group)  # raises on a shape the group cannot carry
 
@@ -332,6 +367,18 @@ class Muon(NormOptimizer):
                 f"params: Muon needs matrices (ndim >= 2 after the batch dims), got shape "
                 f"{tuple(p.shape)}; route it to AdamW with algorithm='adamw'"
             )
+        heads = group.get("num_heads", 1)
+        if heads > 1:
+            # per-head orthogonalization: the rows of each matrix are num_heads blocks (the
+            # heads of a q/k/v projection), each its own element of the stack; the element
+            # (..., heads, rows / heads, cols) is a view of the parameter, so the blocks'
+            # rows stay views and nothing per tensor is added to the step
+            if rest[0] % heads:
+                raise ValueError(
+                    f"num_heads: {heads} does not divide the {rest[0]} rows of shape "
+                    f"{tuple(p.shape)}"
+                )
+            return (*lead, heads, rest[0] // heads, math.prod(rest[1:]))
         return (*lead, rest[0], math.prod(rest[1:]))
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
@@ -359,7 +406,13 @@ class Muon(NormOptimizer):
         # normopt.kernels.polar: the fast path its dispatch picks for the device (CUDA), the
         # reference normopt.linalg.polar elsewhere
         dtype = check_dtype_name("polar_dtype", group["polar_dtype"])
-        return kernels.polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
+        return kernels.polar(
+            stack,
+            group["polar"],
+            group["ns_steps"],
+            coefficients=group.get("ns_coefficients"),
+            compute_dtype=dtype,
+        )
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute

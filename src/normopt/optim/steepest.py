@@ -30,7 +30,10 @@ class SteepestDescent(NormOptimizer):
 
     - ``normalized=False`` (SPEC A1, sharpness ``lambda = 1/lr``):
       ``W <- (1 - lr wd) W - lr ||m||_dual dualize(m)``. For l2 this is SGD, for
-      l-inf ``lr ||m||_1 sign(m)``, for the spectral norm ``lr tr(S) U V^T``.
+      l-inf ``lr ||m||_1 sign(m)``, for the spectral norm ``lr tr(S) U V^T``:
+      ``SteepestDescent(params, norm=Spectral(), lr=lr, normalized=False)`` is
+      **PolarGrad** (Lau, Long, Su, arXiv 2505.21799), ``-(||G||_nuc / lambda) U V^T``
+      with ``lr = 1 / lambda`` (and its momentum form with ``momentum=beta``).
     - ``normalized=True`` (the LMO form): ``W <- (1 - lr wd) W - lr dualize(m)``.
     - ``radius=R`` (Frank-Wolfe / Scion's constrained form, SPEC A10):
       ``W <- (1 - lr) W - lr R dualize(m)``: the iterate stays in the ball of radius

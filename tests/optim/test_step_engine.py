@@ -263,6 +263,12 @@ FOREACH_ROUNDS = {
     "muon-f",
     "muon-s",
     "muon-mvr2",
+    "normuon",
+    "normuon-plain",
+    "adamuon",
+    "adamuon-plain",
+    "muon-heads",
+    "muon-turbo",
     "sd-modular",
 }
 FOREACH_ATOL = 1e-12

@@ -316,7 +316,9 @@ class Muon(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         if group["algorithm"] == "adamw":
             return tuple(p.shape)
-        lead, rest = split_view(tuple(p.shape), group["batch_dims"], group["split"])
+        lead, rest = split_view(
+            tuple(p.shape), group["batch_dims"], group["split"], group.get("transposed", False)
+        )
         if group.get("norm") is not None:
             return lead + self._norm(group).fit(rest)
         if len(rest) < 2:
@@ -352,6 +354,9 @@ class Muon(NormOptimizer):
         # reference normopt.linalg.polar elsewhere
         dtype = check_dtype_name("polar_dtype", group["polar_dtype"])
         return kernels.polar(stack, group["polar"], group["ns_steps"], compute_dtype=dtype)
+
+    def _transposed(self, group: dict[str, Any]) -> bool:
+        return group["algorithm"] != "adamw" and super()._transposed(group)
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute

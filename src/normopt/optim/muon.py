@@ -93,8 +93,11 @@ class Muon(NormOptimizer):
         W  <- (1 - lr wd) W - lr O
 
     4-D conv kernels are reshaped to ``(d_out, -1)``; a group may instead set
-    ``batch_dims`` (leading dims that are a batch: 3-D expert stacks) or
-    ``split`` (a fused QKV weight split into ``split`` matrices along dim 0).
+    ``batch_dims`` (leading dims that are a batch: 3-D expert stacks),
+    ``split`` (a fused QKV weight split into ``split`` matrices along its output dim)
+    or ``transposed=True`` (tensors stored ``(*batch, d_in, d_out)``, as Hugging Face's
+    ``Conv1D`` and GPT-OSS's experts: the polar factor is the same, the shape scale
+    uses the true ``d_out`` and ``d_in``).
     Matrices of one group with equal shapes are orthogonalized together as one
     batched stack, and their momentum is kept as one stacked tensor.
 
@@ -118,7 +121,7 @@ class Muon(NormOptimizer):
     Args:
         params_or_model: an ``nn.Module`` (routed by :func:`normopt.param_groups`),
             or params / param groups (keys ``algorithm``, ``norm``, ``batch_dims``,
-            ``split`` and any hyperparameter below).
+            ``split``, ``transposed`` and any hyperparameter below).
         lr: Muon's learning rate (0.02); a float or a tensor.
         momentum: ``beta`` (0.95). nesterov: Nesterov momentum (True).
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).

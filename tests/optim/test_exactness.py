@@ -332,3 +332,50 @@ def test_fanion_and_mixtures():
         p.grad = g
         opt.step()
         torch.testing.assert_close(p.detach(), -expect)
+
+
+@pytest.mark.parametrize("merge", [None, False])
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize(
+    "shape, batch_dims, split",
+    [((12, 4), 0, 1), ((4, 12), 0, 1), ((12, 4), 0, 3), ((3, 8, 4), 1, 1), ((3, 8, 4), 1, 2)],
+)
+def test_transposed_group_is_the_transpose_of_the_plain_step(
+    shape, batch_dims, split, foreach, merge
+):
+    """A group with transposed=True (tensors stored (d_in, d_out): HF's Conv1D, GPT-OSS's
+    experts) steps exactly as the (d_out, d_in) tensor would, transposed: same momentum,
+    same polar factor, same shape scale and weight decay, state in the parameter's shape."""
+    from normopt import kernels
+
+    kernels.set_merge_transposed(merge)
+    try:
+        g = torch.Generator().manual_seed(0)
+        W = torch.randn(*shape, dtype=torch.float64, generator=g)  # (.., d_out, d_in)
+        a, b = nn.Parameter(W.clone()), nn.Parameter(W.mT.clone())
+        kw = dict(lr=0.1, momentum=0.9, polar="svd", weight_decay=0.1, foreach=foreach)
+        group = {"algorithm": "muon", "batch_dims": batch_dims, "split": split}
+        plain = normopt.Muon([{**group, "params": [a]}], **kw)
+        flipped = normopt.Muon([{**group, "params": [b], "transposed": True}], **kw)
+        for _ in range(2):
+            G = torch.randn(*shape, dtype=torch.float64, generator=g)
+            a.grad, b.grad = G.clone(), G.mT.clone()
+            plain.step()
+            flipped.step()
+        torch.testing.assert_close(b.detach().mT, a.detach(), rtol=1e-12, atol=1e-12)
+        buf = flipped.state[b]["momentum_buffer"]
+        assert buf.shape == b.shape
+        torch.testing.assert_close(buf.mT, plain.state[a]["momentum_buffer"])
+        assert flipped.lr_scale(b) == plain.lr_scale(a)
+    finally:
+        kernels.set_merge_transposed(None)
+
+
+def test_transposed_needs_a_matrix_and_splits_the_output_dim():
+    conv = nn.Parameter(torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="transposed"):
+        normopt.Muon([{"params": [conv], "algorithm": "muon", "transposed": True}])
+    w = nn.Parameter(torch.randn(4, 9))  # (d_in, d_out): the output dim 9 splits in 3
+    normopt.Muon([{"params": [w], "algorithm": "muon", "transposed": True, "split": 3}])
+    with pytest.raises(ValueError, match="split"):
+        normopt.Muon([{"params": [w], "algorithm": "muon", "transposed": True, "split": 2}])

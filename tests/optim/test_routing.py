@@ -202,3 +202,69 @@ def test_describe_reports_the_scale_the_optimizer_uses():
     # without it, the preset's rule (Jordan's)
     plain = normopt.describe(model).splitlines()
     assert float(next(r for r in plain if r.startswith("0.weight")).split()[-1]) == 2.0
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's Conv1D (transformers.pytorch_utils), rebuilt: weight (d_in, d_out)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(
+            *x.shape[:-1], self.nf
+        )
+
+
+def test_layouts_without_transformers():
+    """Conv1D is read transposed (c_attn split along its last dim), a lone Linear after
+    convs is the head, a lone Linear model is not, raw (1, n, d) tables are tokens, and
+    experts without is_transposed are oriented by their module's hidden size."""
+
+    class Attn(nn.Module):
+        def __init__(self, d=8):
+            super().__init__()
+            self.embed_dim = d
+            self.c_attn, self.c_fc = Conv1D(3 * d, d), Conv1D(4 * d, d)
+
+    class Experts(nn.Module):
+        def __init__(self, E=3, d=8, inner=16):
+            super().__init__()
+            self.hidden_size = d
+            self.gate_up_proj = nn.Parameter(torch.randn(E, d, 2 * inner))  # (E, d_in, d_out)
+            self.down_proj = nn.Parameter(torch.randn(E, inner, d))
+            self.down_proj_bias = nn.Parameter(torch.zeros(E, d))
+
+    class Router(nn.Module):  # a module named like a router (Mixtral's MixtralTopKRouter)
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 8))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+            self.attn, self.experts, self.router = Attn(), Experts(), Router()
+
+    routes = {r.name: r for r in normopt.classify(Model())}
+    c_attn = routes["attn.c_attn.weight"]
+    assert (c_attn.role, c_attn.split, c_attn.transposed, c_attn.matrix) == ("qkv", 3, True, (8, 8))
+    assert routes["attn.c_fc.weight"].matrix == (32, 8)
+    assert routes["cls_token"].role == "token"
+    gate_up, down = routes["experts.gate_up_proj"], routes["experts.down_proj"]
+    assert (gate_up.role, gate_up.transposed, gate_up.matrix) == ("experts", True, (32, 8))
+    assert (down.transposed, down.matrix) == (True, (8, 16))
+    assert routes["experts.down_proj_bias"].role == "bias"
+    assert routes["router.weight"].role == "router"
+    opt = normopt.Muon(Model())
+    scales = {
+        n: opt.lr_scale(p) for g in opt.param_groups for n, p in zip(g["param_names"], g["params"])
+    }
+    assert scales["attn.c_fc.weight"] == 2.0 and scales["experts.gate_up_proj"] == 2.0
+
+    resnet = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    assert _roles(resnet)["2.weight"] == "head"
+    assert _roles(nn.Sequential(nn.Linear(4, 8)))["0.weight"] == "hidden"

@@ -73,21 +73,40 @@ def resolve_norm(name: str, spec: Any) -> Norm:
 
 
 def split_view(
-    shape: tuple[int, ...], batch_dims: int, split: int
+    shape: tuple[int, ...], batch_dims: int, split: int, transposed: bool = False
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(lead, rest)``: the leading batch dims of a parameter (``batch_dims`` of them, plus
-    ``split`` when a fused weight holds ``split`` matrices stacked along its first dim)
-    and the shape of one matrix-like element."""
+    ``split`` when a fused weight holds ``split`` matrices stacked along its output dim)
+    and the shape of one matrix-like element.
+
+    ``transposed``: the parameter is stored ``(*batch, d_in, d_out)`` (Hugging Face's
+    ``Conv1D``, GPT-OSS's experts): the element is read from its transpose, so ``rest`` is
+    ``(d_out, d_in)`` (split along ``d_out``) and shape scales and norms see the true
+    orientation. Only a matrix (two dims after the batch dims) can be transposed."""
     check_int("batch_dims", batch_dims, 0)
     check_int("split", split, 1)
+    check_bool("transposed", transposed)
     lead, rest = tuple(shape[:batch_dims]), tuple(shape[batch_dims:])
+    if transposed:
+        if len(rest) != 2:
+            raise ValueError(
+                f"transposed: needs a matrix after the batch dims, got shape {tuple(shape)} "
+                f"with batch_dims={batch_dims}"
+            )
+        rest = (rest[1], rest[0])
     if split > 1:
         if not rest or rest[0] % split:
             raise ValueError(
-                f"split: {split} does not divide the first dim of shape {tuple(shape)}"
+                f"split: {split} does not divide the output dim of shape {tuple(shape)}"
+                + (" (stored transposed: its last dim)" if transposed else "")
             )
         lead, rest = (*lead, split), (rest[0] // split, *rest[1:])
     return lead, rest
+
+
+def _swapped(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with its last two dims exchanged (the shape of ``t.mT``)."""
+    return (*shape[:-2], shape[-1], shape[-2]) if len(shape) >= 2 else shape
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
@@ -116,7 +135,8 @@ class Block:
 
     params: list[Tensor]
     shape: tuple[int, ...]  # the block tensor's shape: (B, *element), or (1, N) when flat
-    flipped: tuple[bool, ...]
+    flipped: tuple[bool, ...]  # the row of parameter j is its transpose (merged, or stored
+    # (d_in, d_out)): row j is ``t[j]`` read as ``p.mT``
     flat: bool
     dtype: torch.dtype
     device: torch.device
@@ -145,8 +165,8 @@ class Block:
             if self.flat:
                 o, n = self.spans[j]
                 out.append(t[0, o : o + n].view(p.shape))
-            elif self.flipped[j]:
-                out.append(t[j].mT)
+            elif self.flipped[j]:  # the row is the parameter's transpose (read as p.mT)
+                out.append(t[j].view(*p.shape[:-2], p.shape[-1], p.shape[-2]).mT)
             else:
                 out.append(t[j].view(p.shape))
         return out
@@ -210,6 +230,7 @@ class NormOptimizer(Optimizer):
         # Every optimizer reads a parameter as ``split_view(shape, batch_dims, split)``.
         defaults.setdefault("batch_dims", 0)
         defaults.setdefault("split", 1)
+        defaults.setdefault("transposed", False)
         defaults.setdefault("foreach", True)
         nonfinite = defaults.setdefault("nonfinite", "skip")
         if nonfinite not in NONFINITE_POLICIES:
@@ -508,6 +529,11 @@ class NormOptimizer(Optimizer):
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return False
 
+    def _transposed(self, group: dict[str, Any]) -> bool:
+        """Whether the group's elements are read from the parameters' transposes (its
+        ``transposed`` key: tensors stored ``(d_in, d_out)``; see :func:`split_view`)."""
+        return bool(group.get("transposed", False)) and not self._entrywise(group)
+
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         """Per parameter, whether a tall element may join the stack of its transpose (only
         sound for a transpose-equivariant direction map, such as the polar factor)."""
@@ -515,8 +541,10 @@ class NormOptimizer(Optimizer):
 
     def _plan_blocks(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
         dtypes = [_state_dtype(p) for p in params]
+        # a group stored (d_in, d_out) reads each element from the parameter's transpose
+        t = self._transposed(group)
         if not group["foreach"]:  # the reference: every parameter a block of its own
-            return [self._block(group, [p], [False]) for p in params]
+            return [self._block(group, [p], [t]) for p in params]
         if self._entrywise(group):
             by_key: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
             for p, dt in zip(params, dtypes):
@@ -525,12 +553,16 @@ class NormOptimizer(Optimizer):
         shapes = [self._element_shape(p, group) for p in params]
         keys = [(dt, p.device) for p, dt in zip(params, dtypes)]
         # a tall element may enter transposed only where its element is the parameter itself
+        # (or, stored transposed, the parameter's transpose)
         merge = [
-            ok and tuple(p.shape) == s
+            ok and (_swapped(tuple(p.shape)) if t else tuple(p.shape)) == s
             for ok, p, s in zip(self._merge_transposed(group, params), params, shapes)
         ]
+        # a row is the parameter's transpose when exactly one of the two says so
         return [
-            self._block(group, [params[i] for i in plan.indices], list(plan.flipped), plan.shape)
+            self._block(
+                group, [params[i] for i in plan.indices], [f != t for f in plan.flipped], plan.shape
+            )
             for plan in kernels.plan_stacks(shapes, keys, merge)
         ]
 

@@ -161,7 +161,12 @@ class LionK(NormOptimizer):
         return K
 
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        lead, rest = split_view(tuple(p.shape), group.get("batch_dims", 0), group.get("split", 1))
+        lead, rest = split_view(
+            tuple(p.shape),
+            group.get("batch_dims", 0),
+            group.get("split", 1),
+            group.get("transposed", False),
+        )
         return lead + self._K(group).fit(rest)
 
     def _entrywise(self, group: dict[str, Any]) -> bool:

@@ -94,14 +94,17 @@ class Muon(NormOptimizer):
         W  <- (1 - lr wd) W - lr O
 
     4-D conv kernels are reshaped to ``(d_out, -1)``; a group may instead set
-    ``batch_dims`` (leading dims that are a batch: 3-D expert stacks) or
-    ``split`` (a fused QKV weight split into ``split`` matrices along dim 0), and
-    ``num_heads`` (per-head orthogonalization of attention projections: the rows of
-    each matrix, after ``split``, are ``num_heads`` blocks of ``rows / num_heads``
-    rows, the heads of a q, k or v projection, each orthogonalized and shape-scaled
-    as a matrix of its own; the per-block updates of dion's ``split_sizes`` and of
-    torchtitan's per-head Muon, here with equal blocks). An output projection, whose
-    heads are blocks of columns, is not covered by ``num_heads``.
+    ``batch_dims`` (leading dims that are a batch: 3-D expert stacks),
+    ``split`` (a fused QKV weight split into ``split`` matrices along its output dim),
+    ``transposed=True`` (tensors stored ``(*batch, d_in, d_out)``, as Hugging Face's
+    ``Conv1D`` and GPT-OSS's experts: the polar factor is the same, the shape scale
+    uses the true ``d_out`` and ``d_in``), and ``num_heads`` (per-head
+    orthogonalization of attention projections: the rows of each matrix, after
+    ``split``, are ``num_heads`` blocks of ``rows / num_heads`` rows, the heads of a
+    q, k or v projection, each orthogonalized and shape-scaled as a matrix of its
+    own; the per-block updates of dion's ``split_sizes`` and of torchtitan's per-head
+    Muon, here with equal blocks). An output projection, whose heads are blocks of
+    columns, is not covered by ``num_heads``.
     Matrices of one group with equal shapes are orthogonalized together as one
     batched stack, and their momentum is kept as one stacked tensor.
 
@@ -125,7 +128,7 @@ class Muon(NormOptimizer):
     Args:
         params_or_model: an ``nn.Module`` (routed by :func:`normopt.param_groups`),
             or params / param groups (keys ``algorithm``, ``norm``, ``batch_dims``,
-            ``split`` and any hyperparameter below).
+            ``split``, ``transposed`` and any hyperparameter below).
         lr: Muon's learning rate (0.02); a float or a tensor.
         momentum: ``beta`` (0.95). nesterov: Nesterov momentum (True).
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).
@@ -359,7 +362,9 @@ class Muon(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         if group["algorithm"] == "adamw":
             return tuple(p.shape)
-        lead, rest = split_view(tuple(p.shape), group["batch_dims"], group["split"])
+        lead, rest = split_view(
+            tuple(p.shape), group["batch_dims"], group["split"], group.get("transposed", False)
+        )
         if group.get("norm") is not None:
             return lead + self._norm(group).fit(rest)
         if len(rest) < 2:
@@ -413,6 +418,9 @@ class Muon(NormOptimizer):
             coefficients=group.get("ns_coefficients"),
             compute_dtype=dtype,
         )
+
+    def _transposed(self, group: dict[str, Any]) -> bool:
+        return group["algorithm"] != "adamw" and super()._transposed(group)
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute

@@ -18,7 +18,12 @@ __all__ = ["SteepestDescent", "TrustRegion"]
 
 
 def _element(optimizer: NormOptimizer, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-    lead, rest = split_view(tuple(p.shape), group.get("batch_dims", 0), group.get("split", 1))
+    lead, rest = split_view(
+        tuple(p.shape),
+        group.get("batch_dims", 0),
+        group.get("split", 1),
+        group.get("transposed", False),
+    )
     return lead + optimizer._norm(group).fit(rest)
 
 

@@ -27,7 +27,24 @@ def _plain_muon(group: dict[str, Any]) -> bool:
     return group["algorithm"] == "muon" and group.get("norm") is None
 
 
-class NorMuon(Muon):
+class _SecondMoment(Muon):
+    """Muon with a second moment of its direction: the ``beta2`` and ``eps`` keys of the
+    Muon groups (AdamW groups keep their own ``eps``)."""
+
+    def __init__(self, params_or_model: Any, beta2: float, eps: float, **kwargs: Any) -> None:
+        check_number("beta2", beta2, 0.0, 1.0, high_open=True)
+        check_number("eps", eps, 0.0, math.inf, low_open=True)
+        self._family_defaults = {"beta2": beta2, "eps": eps}
+        super().__init__(params_or_model, **kwargs)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        if group.get("algorithm", "muon") != "adamw":
+            check_number("beta2", group["beta2"], 0.0, 1.0, high_open=True)
+            check_number("eps", group["eps"], 0.0, math.inf, low_open=True)
+
+
+class NorMuon(_SecondMoment):
     r"""NorMuon: Muon with a neuron-wise second moment of the orthogonalized update.
 
     For a matrix parameter ``W`` (``B``, ``v`` the state; ``v`` holds one value per row,
@@ -79,16 +96,7 @@ class NorMuon(Muon):
         eps: float = 1e-10,
         **kwargs: Any,
     ) -> None:
-        check_number("beta2", beta2, 0.0, 1.0, high_open=True)
-        check_number("eps", eps, 0.0, math.inf, low_open=True)
-        self._family_defaults = {"beta2": beta2, "eps": eps}
-        super().__init__(params_or_model, lr=lr, momentum=momentum, **kwargs)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        if group.get("algorithm", "muon") != "adamw":
-            check_number("beta2", group["beta2"], 0.0, 1.0, high_open=True)
-            check_number("eps", group["eps"], 0.0, math.inf, low_open=True)
+        super().__init__(params_or_model, beta2, eps, lr=lr, momentum=momentum, **kwargs)
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         return [False] * len(params)  # rows are neurons: a transposed stack would mix them up
@@ -101,7 +109,7 @@ class NorMuon(Muon):
         super()._apply(group, block, D, mask)
 
 
-class AdaMuon(Muon):
+class AdaMuon(_SecondMoment):
     r"""AdaMuon: Muon with an entrywise second moment of the orthogonalized update.
 
     For a matrix parameter ``W`` of shape ``(m, n)`` (``B``, ``v`` the state; ``t`` its
@@ -156,16 +164,9 @@ class AdaMuon(Muon):
         adjust_lr: str | None = "match_rms_adamw",
         **kwargs: Any,
     ) -> None:
-        check_number("beta2", beta2, 0.0, 1.0, high_open=True)
-        check_number("eps", eps, 0.0, math.inf, low_open=True)
-        self._family_defaults = {"beta2": beta2, "eps": eps}
-        super().__init__(params_or_model, lr=lr, momentum=momentum, adjust_lr=adjust_lr, **kwargs)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        if group.get("algorithm", "muon") != "adamw":
-            check_number("beta2", group["beta2"], 0.0, 1.0, high_open=True)
-            check_number("eps", group["eps"], 0.0, math.inf, low_open=True)
+        super().__init__(
+            params_or_model, beta2, eps, lr=lr, momentum=momentum, adjust_lr=adjust_lr, **kwargs
+        )
 
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
         if _plain_muon(group):

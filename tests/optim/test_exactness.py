@@ -379,3 +379,46 @@ def test_transposed_needs_a_matrix_and_splits_the_output_dim():
     normopt.Muon([{"params": [w], "algorithm": "muon", "transposed": True, "split": 3}])
     with pytest.raises(ValueError, match="split"):
         normopt.Muon([{"params": [w], "algorithm": "muon", "transposed": True, "split": 2}])
+
+
+@pytest.mark.parametrize(
+    "make,merged",
+    [
+        (
+            lambda ps: normopt.SteepestDescent(
+                ps, norm=N.Spectral(polar="newton_schulz"), lr=0.1, normalized=True
+            ),
+            True,
+        ),
+        (lambda ps: normopt.TrustRegion(ps, norm=N.Frobenius(), lr=0.1, alpha=0.5), True),
+        (lambda ps: normopt.LionK(ps, K=N.Nuclear(), polar="newton_schulz", ns_steps=5), True),
+        (lambda ps: normopt.SteepestDescent(ps, norm=N.RMSToRMS(), lr=0.1, normalized=True), False),
+    ],
+)
+def test_transpose_equivariant_directions_merge_tall_matrices(make, merged):
+    """Issue 11: merged transposed stacks wherever the direction commutes with transposition
+    (not RMS->RMS, whose scale sqrt(d_out/d_in) does not); the steps equal the unmerged ones."""
+    from normopt import kernels
+
+    def run(merge: bool):
+        torch.manual_seed(0)
+        ps = [
+            nn.Parameter(torch.randn(8, 4, dtype=torch.float64)),
+            nn.Parameter(torch.randn(4, 8, dtype=torch.float64)),
+        ]
+        kernels.set_merge_transposed(merge)
+        try:
+            opt = make(ps)
+            for _ in range(2):
+                for p in ps:
+                    p.grad = torch.randn_like(p)
+                opt.step()
+        finally:
+            kernels.set_merge_transposed(None)
+        return ps, [len(blocks) for _, blocks in opt._blocks.values()]
+
+    a, blocks_merged = run(True)
+    b, blocks_plain = run(False)
+    assert blocks_merged == ([1] if merged else [2]) and blocks_plain == [2]
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-12, rtol=0)

@@ -30,6 +30,9 @@ class Norm:
     ndim: ClassVar[int] = 1
     # dualize acts entry by entry (sign): optimizers may move such tensors as one flat block
     entrywise: ClassVar[bool] = False
+    # dualize(G^T) = dualize(G)^T (and the dual norm agrees): optimizers may then stack a tall
+    # matrix transposed with the wide ones (normopt.kernels.stacking)
+    transpose_equivariant: ClassVar[bool] = False
 
     # -- the interface -------------------------------------------------------------
     def norm(self, x: Tensor) -> Tensor:

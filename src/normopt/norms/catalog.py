@@ -222,6 +222,7 @@ class Frobenius(L2):
     """Frobenius norm of a matrix. Self-dual; ``dualize(G) = G / ||G||_F``; ``rho = 1``."""
 
     name = "frobenius"
+    transpose_equivariant = True
     ndim = 2
 
 
@@ -237,6 +238,7 @@ class Spectral(Norm):
     """
 
     name = "spectral"
+    transpose_equivariant = True
     ndim = 2
 
     def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
@@ -274,6 +276,7 @@ class Nuclear(Norm):
     """Nuclear norm ``sum_i s_i``. Dual: spectral. ``dualize(G) = u_1 v_1^T``; ``rho = 1``."""
 
     name = "nuclear"
+    transpose_equivariant = True
     ndim = 2
 
     def norm(self, x: Tensor) -> Tensor:
@@ -306,6 +309,7 @@ class Schatten(Norm):
     """
 
     name = "schatten"
+    transpose_equivariant = True
     ndim = 2
 
     def __init__(self, p: float) -> None:
@@ -359,6 +363,7 @@ class KyFan(Norm):
     """
 
     name = "ky_fan"
+    transpose_equivariant = True
     ndim = 2
 
     def __init__(self, k: int) -> None:
@@ -403,6 +408,7 @@ class KyFanDual(Norm):
     """
 
     name = "ky_fan_dual"
+    transpose_equivariant = True
     ndim = 2
 
     def __init__(self, k: int) -> None:

@@ -534,10 +534,18 @@ class NormOptimizer(Optimizer):
         ``transposed`` key: tensors stored ``(d_in, d_out)``; see :func:`split_view`)."""
         return bool(group.get("transposed", False)) and not self._entrywise(group)
 
+    def _direction_norm(self, group: dict[str, Any]) -> Norm | None:
+        """The norm whose dualize is the group's direction map, where there is one."""
+        return self._norm(group) if group.get("norm") is not None else None
+
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
-        """Per parameter, whether a tall element may join the stack of its transpose (only
-        sound for a transpose-equivariant direction map, such as the polar factor)."""
-        return [False] * len(params)
+        """Per parameter, whether a tall element may join the stack of its transpose: sound
+        for a transpose-equivariant direction map (the polar factor, the spectral, Frobenius,
+        Schatten and Ky Fan dualize maps); on by default (:func:`normopt.kernels
+        .set_merge_transposed`)."""
+        norm = self._direction_norm(group)
+        ok = norm is not None and norm.transpose_equivariant
+        return [ok and kernels.merge_transposed_enabled(p.device) for p in params]
 
     def _plan_blocks(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
         dtypes = [_state_dtype(p) for p in params]

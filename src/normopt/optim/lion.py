@@ -180,6 +180,11 @@ class LionK(NormOptimizer):
         m = self._state(block, "momentum_buffer")  # m_t (accumulates -g)
         return moves.lion_(m, G, b1, b2, mask)  # beta1 m_t - (1 - beta1) g_t; m moves to m_{t+1}
 
+    def _direction_norm(self, group: dict[str, Any]) -> Norm | None:
+        # grad K is the dualize map of K's dual (a polar method: the spectral one)
+        K = self._K(group)
+        return K.dual() if isinstance(K, Norm) else None
+
     def _direct(self, stack: Tensor, group: dict[str, Any]) -> Tensor:
         K = self._K(group)
         if group["polar"] is not None:

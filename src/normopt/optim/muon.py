@@ -424,9 +424,12 @@ class Muon(NormOptimizer):
 
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         # Merged stacks (normopt.kernels.stacking): the polar factor and its variants commute
-        # with transposition, so a tall matrix may join the stack of its transpose (not a
-        # group with its own norm). On by default (normopt.kernels.set_merge_transposed).
-        if group["algorithm"] != "muon" or group.get("norm") is not None:
+        # with transposition, so a tall matrix may join the stack of its transpose (a group
+        # with its own norm: where that norm's dualize commutes too). On by default
+        # (normopt.kernels.set_merge_transposed).
+        if group.get("norm") is not None:
+            return super()._merge_transposed(group, params)
+        if group["algorithm"] != "muon":
             return [False] * len(params)
         return [kernels.merge_transposed_enabled(p.device) for p in params]
 

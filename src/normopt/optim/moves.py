@@ -153,12 +153,6 @@ def addcmul_(x: TensorOrList, a: TensorOrList, b: TensorOrList, value: float) ->
     return x
 
 
-def clone(x: TensorOrList) -> TensorOrList:
-    if isinstance(x, Tensor):
-        return x.clone()
-    return [t.clone() for t in x]
-
-
 # -- the moves ----------------------------------------------------------------------------
 def ema_(buf: TensorOrList, g: TensorOrList, beta: float, nesterov: bool, mask: Mask | None):
     """EMA momentum (Muon, steepest descent): ``B <- beta B + (1 - beta) G``; returns ``B``,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -203,6 +203,7 @@ class OwnerExchange:
         if any(lay.dim is None or lay.group is not first.group for lay in layouts):
             raise ValueError("layouts: expected shards over one process group")
         self.layouts = list(layouts)
+        self.dims = [cast(int, lay.dim) for lay in layouts]  # each sharded along one dim
         self.group, self.world, self.rank = first.group, first.world, first.rank
         self.shapes = [tuple(s) for s in shapes]
         self.owners = list(owners)
@@ -240,7 +241,7 @@ class OwnerExchange:
                 n = self._numel(j, s)
                 pieces.append(recv[s][offsets[s] : offsets[s] + n].view(self._shape(j, s)))
                 offsets[s] += n
-            whole.append(torch.cat(pieces, self.layouts[j].dim))  # (shapes[j])
+            whole.append(torch.cat(pieces, self.dims[j]))  # (shapes[j])
         # 2. the directions, where the matrices are whole
         directions = fn(whole) if whole else []
         # 3. each rank its shard of the results
@@ -249,7 +250,7 @@ class OwnerExchange:
             parts = []
             for j, d in zip(self.mine, directions):
                 lay = self.layouts[j]
-                parts.append(d.narrow(lay.dim, lay.starts[s], lay.sizes[s]).reshape(-1))
+                parts.append(d.narrow(self.dims[j], lay.starts[s], lay.sizes[s]).reshape(-1))
             back.append(torch.cat(parts) if parts else shards[0].new_empty(0))
         got = _all_to_all(
             back,

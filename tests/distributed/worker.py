@@ -99,7 +99,11 @@ def max_diff(a: nn.Module, b: nn.Module) -> float:
 
 @contextmanager
 def counting():
-    """Counts the collectives issued (by name) and the bytes each rank sends."""
+    """Counts the collectives issued (by name: every c10d and functional collective, as
+    ``CommDebugMode`` sees them, DTensor's included) and the bytes each rank sends through
+    ``torch.distributed``'s calls."""
+    from torch.distributed.tensor.debug import CommDebugMode
+
     counts: Counter[str] = Counter()
     sent = [0]
     originals = {}
@@ -115,7 +119,6 @@ def counting():
         originals[name] = fn
 
         def wrapped(*args, _fn=fn, _name=name, **kwargs):
-            counts[_name] += 1
             if _name == "all_to_all_single":
                 sent[0] += args[1].numel() * args[1].element_size()
             elif _name in ("all_reduce", "broadcast"):
@@ -126,10 +129,13 @@ def counting():
 
         setattr(dist, name, wrapped)
     try:
-        yield counts, sent
+        with CommDebugMode() as comm:
+            yield counts, sent
     finally:
         for name, fn in originals.items():
             setattr(dist, name, fn)
+    for op, n in comm.get_comm_counts().items():
+        counts[getattr(op, "__name__", str(op)).split(".")[-1]] += n
 
 
 def step_flops(opt: torch.optim.Optimizer) -> int:

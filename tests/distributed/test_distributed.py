@@ -20,6 +20,9 @@ WORKER = Path(__file__).with_name("worker.py")
 OPTIMIZERS = (
     "muon",
     "muon-foreach-off",
+    "mvr2",
+    "normuon",
+    "adamuon",
     "lion",
     "sign",
     "spectral-unnormalized",
@@ -124,7 +127,8 @@ def test_fsdp2_muon_step_is_three_collectives_and_splits_the_flops(request, worl
 
 def test_fsdp2_refuses_what_it_cannot_shard_with_a_message(two):
     for res in two["fsdp"]:
-        assert res["normuon"].startswith("NorMuon: this group's step reduces over whole")
+        assert res["modular"].startswith("SteepestDescent: this group's step reduces over")
+        assert "(placements (Shard(dim=0),))" in res["modular"]
 
 
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(two):
@@ -152,13 +156,14 @@ def test_ddp_owners_equal_one_process_and_split_the_flops(two):
     assert max(flops) < 0.65 * ranks[0]["flops_single"]
 
 
+@pytest.mark.parametrize("name", ["muon", "normuon", "adamuon"])
 @pytest.mark.parametrize("world", ["one", "four"])
-def test_dcp_saved_at_two_ranks_resumes_at_another_world_size(request, world, two):
-    keys = {tuple(res["keys"]) for res in two["dcp_save"]}
+def test_dcp_saved_at_two_ranks_resumes_at_another_world_size(request, world, name, two):
+    keys = {tuple(res[f"keys/{name}"]) for res in two["dcp_save"]}
     assert len(keys) == 1  # the same state keys on every rank
     for res in request.getfixturevalue(world)["dcp_load"]:
-        assert res["diff"] <= TOL  # as if uninterrupted
-        assert res["steps"] == [5.0]
+        assert res[f"diff/{name}"] <= TOL  # as if uninterrupted
+        assert res[f"steps/{name}"] == [5.0]
 
 
 # -- the planning pieces, without processes ------------------------------------------------

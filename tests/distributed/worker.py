@@ -62,6 +62,9 @@ def model0() -> Tiny:
 OPTIMIZERS = {
     "muon": lambda m: normopt.Muon(m, lr=0.05, weight_decay=0.1, adamw_lr=1e-2),
     "muon-foreach-off": lambda m: normopt.Muon(m, lr=0.05, adamw_lr=1e-2, foreach=False),
+    "mvr2": lambda m: normopt.MuonMVR2(m, lr=0.05, adamw_lr=1e-2),
+    "normuon": lambda m: normopt.NorMuon(m, lr=0.05, adamw_lr=1e-2),
+    "adamuon": lambda m: normopt.AdaMuon(m, lr=0.05, adamw_lr=1e-2),
     "lion": lambda m: normopt.Lion(m.parameters(), lr=1e-3, weight_decay=0.1),
     "sign": lambda m: normopt.SteepestDescent(
         m.parameters(), norm=LInf(), lr=1e-3, momentum=0.9, normalized=True
@@ -81,6 +84,16 @@ OPTIMIZERS = {
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for t in steps:
         x, y = batch(t)
+        if isinstance(opt, normopt.MuonMVR2):  # two gradients per step, through the closure
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            continue
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
@@ -182,14 +195,16 @@ def scenario_fsdp(out: dict, arg: str | None) -> None:
     ropt.zero_grad()
     nn.functional.cross_entropy(ref(x), y).backward()
     out["flops_single/muon"] = step_flops(ropt)
-    # a family member whose rescale needs whole tensors is refused, with a message
+    # the modular step's eta sums dual norms over every whole tensor: refused, with a message
     m = fsdp(model0())
-    opt = normopt.NorMuon(m, lr=0.02)
+    opt = normopt.SteepestDescent(
+        [p for p in m.parameters() if p.ndim == 2], norm=Spectral(), lr=1e-2, modular=True
+    )
     try:
         train(m, opt, range(1))
-        out["normuon"] = "stepped"
+        out["modular"] = "stepped"
     except NotImplementedError as e:
-        out["normuon"] = str(e)
+        out["modular"] = str(e)
 
 
 def scenario_nonfinite(out: dict, arg: str | None) -> None:
@@ -270,9 +285,7 @@ def scenario_ddp(out: dict, arg: str | None) -> None:
     out["collectives"] = dict(counts)
 
 
-def _dcp_setup(world_mesh=None):
-    m = fsdp(model0(), mesh=world_mesh)
-    return m, OPTIMIZERS["muon"](m)
+DCP_OPTIMIZERS = ("muon", "normuon", "adamuon")  # normuon: per-row state (rows, 1)
 
 
 def scenario_dcp_save(out: dict, arg: str | None) -> None:
@@ -280,15 +293,18 @@ def scenario_dcp_save(out: dict, arg: str | None) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    m, opt = _dcp_setup()
-    train(m, opt, range(STEPS))
-    msd, osd = get_state_dict(m, opt)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=arg)
-    train(m, opt, range(STEPS, STEPS + 2))
-    final = {k: full(v).detach().tolist() for k, v in m.named_parameters()}
-    if dist.get_rank() == 0:
-        Path(arg, "final.json").write_text(json.dumps(final))
-    out["keys"] = sorted(osd["state"].keys())
+    for name in DCP_OPTIMIZERS:
+        where = Path(arg, name)
+        m = fsdp(model0())
+        opt = OPTIMIZERS[name](m)
+        train(m, opt, range(STEPS))
+        msd, osd = get_state_dict(m, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(where))
+        train(m, opt, range(STEPS, STEPS + 2))
+        final = {k: full(v).detach().tolist() for k, v in m.named_parameters()}
+        if dist.get_rank() == 0:
+            Path(where, "final.json").write_text(json.dumps(final))
+        out[f"keys/{name}"] = sorted(f"{k}/{key}" for k, st in osd["state"].items() for key in st)
 
 
 def scenario_dcp_load(out: dict, arg: str | None) -> None:
@@ -296,19 +312,26 @@ def scenario_dcp_load(out: dict, arg: str | None) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    m, opt = _dcp_setup()
-    msd, osd = get_state_dict(m, opt)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=arg)
-    set_state_dict(m, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    train(m, opt, range(STEPS, STEPS + 2))
-    final = json.loads(Path(arg, "final.json").read_text())
-    out["diff"] = max(
-        (full(v).detach().double() - torch.tensor(final[k], dtype=torch.float64)).abs().max().item()
-        for k, v in m.named_parameters()
-    )
-    step = [v["step"] for v in opt.state.values() if "step" in v]
-    out["steps"] = sorted({float(s) for s in step})
+    dist.barrier()  # rank 0 of the saving run wrote final.json after dcp.save
+    for name in DCP_OPTIMIZERS:
+        where = Path(arg, name)
+        m = fsdp(model0())
+        opt = OPTIMIZERS[name](m)
+        msd, osd = get_state_dict(m, opt)
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=str(where))
+        set_state_dict(m, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        train(m, opt, range(STEPS, STEPS + 2))
+        final = json.loads(Path(where, "final.json").read_text())
+        out[f"diff/{name}"] = max(
+            (full(v).detach().double() - torch.tensor(final[k], dtype=torch.float64))
+            .abs()
+            .max()
+            .item()
+            for k, v in m.named_parameters()
+        )
+        steps = [v["step"] for v in opt.state.values() if "step" in v]
+        out[f"steps/{name}"] = sorted({float(s) for s in steps})
 
 
 SCENARIOS = {

@@ -20,6 +20,9 @@ every step with a fixed number of collectives:
   the same flag on every rank (one ``all_reduce`` of one number), so that ranks never
   diverge or hang on a skipped step.
 
+Moves after the direction that reduce over a whole matrix (NorMuon's and AdaMuon's
+rescales) run on each rank's rows and sum their partial norms with :func:`all_sum`.
+
 Meshes. A DTensor parameter is split along one tensor dim over one mesh dim (``Shard(d)``,
 FSDP2's layout), with any other mesh dims ``Replicate()`` (HSDP's 2-D ``replicate x shard``
 mesh: the exchange runs inside the shard group, and the replicas repeat it). Other layouts
@@ -49,6 +52,7 @@ __all__ = [
     "ReplicatedExchange",
     "ShardLayout",
     "agree",
+    "all_sum",
     "assign_owners",
     "consensus_group",
     "element_cost",
@@ -70,16 +74,30 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
-def wrap_like(p: Tensor, v: Tensor) -> Tensor:
+def wrap_like(p: Tensor, v: Tensor, shape: Sequence[int] | None = None) -> Tensor:
     """``v`` (a local tensor shaped like ``p``'s local shard) as a DTensor laid out like ``p``
     and sharing ``v``'s storage: optimizer state that ``torch.distributed.checkpoint`` saves
-    sharded and reshards on load. ``p`` not a DTensor: ``v`` itself."""
+    sharded and reshards on load. ``shape``: the global shape when it is not ``p``'s (a
+    per-row state ``(rows, 1)``, sharded along the rows like ``p``; contiguous). ``p`` not a
+    DTensor: ``v`` itself."""
     if not is_dtensor(p):
         return v
     d: Any = p  # a DTensor
+    if shape is None:
+        size, stride = p.shape, p.stride()
+    else:
+        size = torch.Size(shape)
+        stride = tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
     return DTensor.from_local(
-        v, d.device_mesh, d.placements, run_check=False, shape=p.shape, stride=p.stride()
+        v, d.device_mesh, d.placements, run_check=False, shape=size, stride=stride
     )
+
+
+def all_sum(t: Tensor, group: Any) -> Tensor:
+    """``t`` summed over the ranks of ``group``, in place (one ``all_reduce``): the partial
+    sums of a norm over shards."""
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
 
 
 @dataclass(frozen=True)

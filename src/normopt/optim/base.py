@@ -511,6 +511,13 @@ class NormOptimizer(Optimizer):
         devices = {(distributed.local(p) if sharded else p).device for _, p, _ in entries}
         return {d: Mask(bad if d == first else bad.to(d)) for d in devices}
 
+    def _everywhere(self, ok: Tensor) -> Tensor:
+        """``ok`` (a 0-d bool tensor) AND-ed over the ranks that hold shards of these
+        parameters (one ``all_reduce``); on one process, ``ok`` itself."""
+        if self._consensus is None:
+            return ok
+        return torch.logical_not(distributed.agree(torch.logical_not(ok), self._consensus))
+
     def _count_skipped(self, bad: Tensor | bool, device: torch.device) -> None:
         if self._skipped is None:
             self._skipped = torch.zeros((), dtype=torch.int64, device=device)
@@ -630,12 +637,14 @@ class NormOptimizer(Optimizer):
         so that shards of a parameter move with no communication."""
         return self._entrywise(group)
 
-    def _sharding_supported(self, group: dict[str, Any]) -> bool:
-        """Whether this optimizer's moves other than the direction act entry by entry, so
-        that sharded parameters need only their directions computed whole (see
-        :mod:`normopt.distributed`). A move that reduces over a whole tensor after the
-        direction (NorMuon's and AdaMuon's rescales, the modular step's global eta) says
-        False, and DTensor parameters are refused for it with an error."""
+    def _sharding_supported(
+        self, group: dict[str, Any], layouts: list[distributed.ShardLayout]
+    ) -> bool:
+        """Whether this optimizer can step the group's parameters sharded as ``layouts`` say:
+        true where its moves other than the direction act entry by entry (sharded parameters
+        then need only their directions computed whole, see :mod:`normopt.distributed`). A
+        move that reduces over a whole tensor after the direction says False where it cannot
+        (the modular step's global eta), and DTensor parameters are refused with an error."""
         return True
 
     def _plan_blocks(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
@@ -666,12 +675,13 @@ class NormOptimizer(Optimizer):
         layouts = [distributed.layout_of(p, n) for p, n in zip(params, names)]
         local = self._local_direction(group)
         sharded = any(lay.dim is not None for lay in layouts)
-        if not local and sharded and not self._sharding_supported(group):
+        if not local and sharded and not self._sharding_supported(group, layouts):
             raise NotImplementedError(
                 f"{type(self).__name__}: this group's step reduces over whole tensors "
-                f"after the direction, which sharded (FSDP2) parameters such as "
-                f"{names[0]} do not support yet; use Muon, SteepestDescent, TrustRegion "
-                "or LionK, or DDP with process_group="
+                f"after the direction in a way that sharded (FSDP2) parameters such as "
+                f"{names[0]} (placements {getattr(params[0], 'placements', None)}) do not support "
+                "yet; see normopt.distributed for what does, or use DDP with "
+                "process_group="
             )
         # replicated DTensors whose direction needs whole matrices: stacks, as on one process
         whole = [p for p, lay in zip(params, layouts) if lay.dim is None and not local]

@@ -9,11 +9,12 @@ device-side skip, state dicts) is Muon's.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from normopt import distributed
 from normopt._checks import check_number
 from normopt.optim import moves
 from normopt.optim.base import Block
@@ -36,6 +37,40 @@ class _SecondMoment(Muon):
         check_number("eps", eps, 0.0, math.inf, low_open=True)
         self._family_defaults = {"beta2": beta2, "eps": eps}
         super().__init__(params_or_model, **kwargs)
+
+    def _sharding_supported(
+        self, group: dict[str, Any], layouts: list[distributed.ShardLayout]
+    ) -> bool:
+        # sharded (FSDP2): the second moment and the rescale run on each rank's rows, with
+        # the Frobenius norms summed across the shards; that needs each shard to hold whole
+        # rows of whole matrices: a parameter split along its dim 0 and read as it is
+        if not _plain_muon(group):
+            return True
+        plain_view = (
+            group["num_heads"] == 1
+            and group["split"] == 1
+            and group["batch_dims"] == 0
+            and not group.get("transposed", False)
+        )
+        return plain_view and all(lay.dim in (None, 0) for lay in layouts)
+
+    def _sharded_rows(self, block: Block, D: Tensor) -> list[Tensor]:
+        """Each parameter's shard of ``D`` (a flat block of shards) as ``(local rows, cols)``."""
+        return [d.reshape(d.shape[0], math.prod(d.shape[1:])) for d in block.rows(D)]
+
+    def _sharded_rescale(
+        self, block: Block, O: Tensor, N: list[Tensor], target: Tensor, eps: float
+    ) -> Tensor:
+        """``N_j * target_j / (||N_j||_F + eps)`` for each parameter ``j``, the norms summed
+        over the shards (one ``all_reduce``); returns a flat block like ``O``."""
+        sq = torch.stack(torch._foreach_norm(N)).square_()  # (B,) this rank's partial sums
+        distributed.all_sum(sq, block.exchange.group)
+        factor = target / (sq.sqrt_() + eps)  # (B,)
+        out = torch.empty_like(O)
+        rows = self._sharded_rows(block, out)
+        torch._foreach_copy_(rows, N)
+        torch._foreach_mul_(rows, list(factor.to(out.dtype).unbind(0)))
+        return out
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -101,15 +136,52 @@ class NorMuon(_SecondMoment):
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         return [False] * len(params)  # rows are neurons: a transposed stack would mix them up
 
-    def _sharding_supported(self, group: dict[str, Any]) -> bool:
-        return not _plain_muon(group)  # the rescale reduces over the whole update
-
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
-        if _plain_muon(group):
+        if _plain_muon(group) and isinstance(block.exchange, distributed.OwnerExchange):
+            D = self._normuon_sharded(group, block, D, mask)
+        elif _plain_muon(group):
             element = (*block.shape[1:-1], 1)  # one value per row of every matrix
             v = self._state(block, "second_momentum_buffer", element)
             D = moves.normuon_(D, v, group["beta2"], group["eps"], mask)
         super()._apply(group, block, D, mask)
+
+    def _normuon_sharded(
+        self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None
+    ) -> Tensor:
+        # moves.normuon_ on each rank's rows: v and the row means are local, the two
+        # Frobenius norms are sums over the shards
+        beta2, eps = group["beta2"], group["eps"]
+        O = self._sharded_rows(block, D)
+        v = self._row_state(block, "second_momentum_buffer")
+        w: Any = 1.0 - beta2 if mask is None else mask.scaled(1.0 - beta2, D.dtype)
+        for vj, oj in zip(v, O):
+            vj.lerp_((oj * oj).mean(dim=-1, keepdim=True), w)
+        N = [oj / (vj.sqrt() + eps) for vj, oj in zip(v, O)]
+        sq = torch.stack(torch._foreach_norm(O)).square_()  # (B,) partial ||O||_F^2
+        distributed.all_sum(sq, block.exchange.group)
+        return self._sharded_rescale(block, D, N, sq.sqrt_(), eps)
+
+    def _row_state(self, block: Block, key: str) -> list[Tensor]:
+        """Per-row state ``(rows, 1)`` of each parameter of a flat block of shards: views of
+        one buffer of the local rows; ``state[p][key]`` a DTensor of global shape
+        ``(rows, 1)`` sharded along the rows like ``p``."""
+        if self._held(block, key) is not None:
+            return cast(list[Tensor], block.extras[key + "/rows"])
+        rows = [t.shape[0] for t in block.targets]
+        buf = torch.zeros(sum(rows), 1, dtype=block.dtype, device=block.device)
+        views = list(buf.split(rows))
+        for p, v in zip(block.params, views):
+            old = self.state[p].get(key)
+            if isinstance(old, Tensor):
+                v.copy_(distributed.local(old))
+        wrapped = [
+            distributed.wrap_like(p, v, (p.shape[0], 1)) for p, v in zip(block.params, views)
+        ]
+        for p, w in zip(block.params, wrapped):
+            self.state[p][key] = w
+        block.buffers[key], block.views[key] = buf, wrapped
+        block.extras[key + "/rows"] = views
+        return views
 
 
 class AdaMuon(_SecondMoment):
@@ -171,11 +243,10 @@ class AdaMuon(_SecondMoment):
             params_or_model, beta2, eps, lr=lr, momentum=momentum, adjust_lr=adjust_lr, **kwargs
         )
 
-    def _sharding_supported(self, group: dict[str, Any]) -> bool:
-        return not _plain_muon(group)  # the rescale reduces over the whole update
-
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
-        if _plain_muon(group):
+        if _plain_muon(group) and isinstance(block.exchange, distributed.OwnerExchange):
+            D = self._adamuon_sharded(group, block, D, mask)
+        elif _plain_muon(group):
             beta2 = group["beta2"]
             v = self._state(block, "exp_avg_sq")
             step = self._counter(block)  # (B,), the rows are state[p]["step"]
@@ -186,3 +257,24 @@ class AdaMuon(_SecondMoment):
             target = math.sqrt(min(block.shape[-2], block.shape[-1]))
             D = moves.adamuon_(D, v, beta2, group["eps"], bc2, target, mask)
         super()._apply(group, block, D, mask)
+
+    def _adamuon_sharded(
+        self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None
+    ) -> Tensor:
+        # moves.adamuon_ on a flat block of shards: v is entrywise (local), the norm of N
+        # per matrix a sum over the shards (one all_reduce)
+        beta2, eps = group["beta2"], group["eps"]
+        v = self._state(block, "exp_avg_sq")  # (1, N): the shards of every parameter
+        step = self._counter(block)
+        step.add_(1.0 if mask is None else mask.ok(step.dtype))
+        t = step.to(block.dtype).clamp_min_(1.0)  # as the stacked path
+        w: Any = 1.0 - beta2 if mask is None else mask.scaled(1.0 - beta2, D.dtype)
+        v.lerp_(D * D, w)
+        N = D / ((v / block.per_param(1.0 - torch.pow(beta2, t))).sqrt_() + eps)
+        target = block.extras.get("adamuon/target")
+        if target is None:  # sqrt(min(m, n)) of each whole matrix
+            sizes = [self._element_shape(p, group)[-2:] for p in block.params]
+            target = block.extras["adamuon/target"] = torch.tensor(
+                [math.sqrt(min(s)) for s in sizes], dtype=block.dtype, device=block.device
+            )
+        return self._sharded_rescale(block, D, self._sharded_rows(block, N), target, eps)

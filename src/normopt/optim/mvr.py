@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normopt import distributed
 from normopt.optim import moves
 from normopt.optim.base import Block, NonFiniteGradientError
 from normopt.optim.moves import Mask
@@ -56,9 +57,6 @@ class MuonMVR2(Muon):
         super().__setstate__(state)
         self.__dict__.setdefault("_prev_grads", {})
 
-    def _sharding_supported(self, group: dict[str, Any]) -> bool:
-        return False  # the second gradients are kept per parameter, not per shard
-
     def _accumulate(
         self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:
@@ -77,7 +75,8 @@ class MuonMVR2(Muon):
             pairs = [(v, q) for v, q in zip(views, prev) if q is not None]
             if not all(have):
                 P.zero_()
-            torch._foreach_copy_([v for v, _ in pairs], [q for _, q in pairs])
+            local = distributed.local  # DTensor gradients (FSDP2): their shards
+            torch._foreach_copy_([v for v, _ in pairs], [local(q) for _, q in pairs])
             if mask is not None:
                 P.masked_fill_(mask.bad, 0.0)
             if all(have):
@@ -133,7 +132,8 @@ class MuonMVR2(Muon):
             bad = [
                 p
                 for p, g in self._prev_grads.items()
-                if self._policy(p) == "raise" and not bool(torch.isfinite(g).all())
+                if self._policy(p) == "raise"
+                and not bool(self._everywhere(torch.isfinite(distributed.local(g)).all()))
             ]
             if bad:
                 self._prev_grads = {}
@@ -155,7 +155,8 @@ class MuonMVR2(Muon):
                     if old is None or mask is None:
                         self.state[p]["prev_param"] = snapshot[p]
                     else:  # a skipped step keeps X_{t-1}, decided on the device
-                        torch.where(mask.bad, old, snapshot[p], out=old)
+                        mine = distributed.local(old)  # (a DTensor's shard under FSDP2)
+                        torch.where(mask.bad, mine, distributed.local(snapshot[p]), out=mine)
             # else (host-side policy): nothing moved, X_{t-1} stays
         finally:
             self._prev_grads = {}

@@ -113,7 +113,7 @@ class SteepestDescent(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return _element(self, p, group)
 
-    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+    def _sharding_supported(self, group: dict[str, Any], layouts: list[Any]) -> bool:
         return not group["modular"]  # eta sums dual norms over every block
 
     def _entrywise(self, group: dict[str, Any]) -> bool:

@@ -54,7 +54,8 @@ def build_model(vocab_size: int, block: int, seed: int) -> GPT2LMHeadModel:
 class TorchMuonAdamW(torch.optim.Optimizer):
     """``torch.optim.Muon`` on the 2-D hidden matrices and ``torch.optim.AdamW`` on the rest,
     as the one optimizer ``Trainer`` takes. Its ``param_groups`` are the two optimizers' own
-    group dicts, so a scheduler's edits of ``group["lr"]`` reach both."""
+    group dicts (also after ``load_state_dict``), so a scheduler's edits of ``group["lr"]``
+    reach both."""
 
     def __init__(self, model: nn.Module, lr: float = 0.02, adamw_lr: float = 3e-3) -> None:
         params = dict(model.named_parameters())
@@ -88,6 +89,9 @@ class TorchMuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # torch's load_state_dict makes new group dicts (accelerate calls it when Trainer
+        # prepares the optimizer): share those, or the scheduler edits stale copies
+        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
 
 
 def make_optimizer(
@@ -123,7 +127,8 @@ def train(
     """Train (or, with ``resume``, continue from the last checkpoint in ``out``) and evaluate.
 
     Returns the final ``eval_loss`` (mean cross-entropy in nats per character on the fixed
-    validation windows), the ``trainer`` and its ``optimizer`` and ``scheduler``."""
+    validation windows), the ``initial_eval_loss`` (before training; nan when resuming), the
+    ``trainer`` and its ``optimizer`` and ``scheduler``."""
     if steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if save_steps is not None and save_steps < 1:
@@ -155,10 +160,12 @@ def train(
         optimizers=(opt, scheduler),
         callbacks=callbacks,
     )
+    initial = math.nan if resume else float(trainer.evaluate()["eval_loss"])
     trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = trainer.evaluate()
     return {
         "eval_loss": float(metrics["eval_loss"]),
+        "initial_eval_loss": initial,
         "trainer": trainer,
         "optimizer": opt,
         "scheduler": scheduler,

@@ -1,7 +1,6 @@
 """examples/hf_trainer.py: Hugging Face's Trainer with normopt.Muon, a few steps each."""
 
 import importlib
-import math
 import shutil
 
 import pytest
@@ -33,8 +32,8 @@ def test_resume_from_a_checkpoint_is_exact(hf, tmp_path, optimizer):
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert resumed["eval_loss"] == whole["eval_loss"]
-    vocab = whole["trainer"].model.config.vocab_size
-    assert whole["eval_loss"] < math.log(vocab)  # it learned something in 6 steps
+    # both halves learn: 6 steps take the loss well below the untrained model's (~ln 12)
+    assert whole["eval_loss"] < whole["initial_eval_loss"] - 0.3
 
 
 def test_the_scheduler_reaches_every_group(hf, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import types
 import typing
@@ -111,13 +112,49 @@ def _out(cfg: C.TrainConfig, command: str) -> Path:
     return Path(cfg.out) if cfg.out else report.default_out(command, cfg.task)
 
 
+# The experiments extra (pyproject.toml): plots, the progress bar, the digits data set;
+# module -> the package that installs it
+EXTRA_MODULES = {"matplotlib": "matplotlib", "tqdm": "tqdm", "sklearn": "scikit-learn"}
+# the ones every compare and sweep needs (sklearn only the digits task), checked before it
+# trains for minutes
+_ALWAYS_NEEDED = ("matplotlib", "tqdm")
+
+
+def _missing_extra(command: str, modules: list[str]) -> int:
+    print(
+        f"normopt {command}: needs {', '.join(EXTRA_MODULES[m] for m in modules)}, which "
+        "this Python does not have; "
+        'install the experiments extra: pip install "normopt[experiments]"',
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _run(command: str, args: argparse.Namespace) -> int:
+    if args.list:
+        return _list()
+    missing = []
+    for name in _ALWAYS_NEEDED:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            missing.append(name)
+    if missing:
+        return _missing_extra(command, missing)
+    try:
+        return _run_checked(command, args)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top in EXTRA_MODULES:
+            return _missing_extra(command, [top])
+        raise
+
+
+def _run_checked(command: str, args: argparse.Namespace) -> int:
     from normopt.experiments import report
     from normopt.experiments.compare import run_compare, run_sweep
     from normopt.experiments.data import DataUnavailable
 
-    if args.list:
-        return _list()
     try:
         if command == "compare":
             compare_cfg = config_from_args(C.CompareConfig, args)

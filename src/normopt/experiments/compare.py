@@ -25,6 +25,7 @@ from normopt.experiments.config import (
     resolve,
     to_dict,
 )
+from normopt.experiments.progress import progress_bar
 from normopt.experiments.report import environment
 from normopt.experiments.tasks import Problem, get_task
 from normopt.experiments.train import RunResult, train
@@ -40,17 +41,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _progress(total: int, quiet: bool) -> Any:
-    """A tqdm bar on stderr; silent with --quiet or when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        file=sys.stderr,
-        disable=quiet or not sys.stderr.isatty(),
-        unit="step",
-        dynamic_ncols=True,
-        leave=False,
-    )
+    """A tqdm bar on stderr when it is a terminal, else a line per run and every 30 s
+    (:mod:`normopt.experiments.progress`); silent with --quiet."""
+    return progress_bar(total, quiet, sys.stderr)
 
 
 def _run_all(

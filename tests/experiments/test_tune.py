@@ -200,3 +200,12 @@ def test_jobs_do_not_change_results(tmp_path):
     assert key == [
         (r["optimizer"], r["seed"], r["eval"]["val_loss"], r["train_loss"]) for r in two["runs"]
     ]
+
+
+def test_hybrids_keep_the_adamw_part_they_were_searched_with():
+    """digits' AdamW searched to 0.04, but muon & co. were searched with their AdamW part at
+    0.02: the task says so (Task.adamw_lr), and --lr adamw / --adamw-lr still override it."""
+    cfg = C.resolve(C.CompareConfig(task="digits", optimizers=("adamw", "muon")))
+    assert cfg.lr["adamw"] == 0.04 and cfg.adamw_lr == 0.02
+    assert C.resolve(C.CompareConfig(task="digits", lr={"adamw": 0.01})).adamw_lr == 0.01
+    assert C.resolve(C.CompareConfig(task="digits", adamw_lr=0.03)).adamw_lr == 0.03

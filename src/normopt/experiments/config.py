@@ -265,7 +265,12 @@ def resolve(cfg: C) -> C:
             raise ValueError(f"--optimizers: {e}") from None
     lr = {n: cfg.lr.get(n, task.lrs.get(n, OPTIMIZERS[n].lr)) for n in cfg.optimizers}
     lr.update(cfg.lr)
-    adamw_lr = cfg.adamw_lr or cfg.lr.get("adamw") or task.lrs.get("adamw", OPTIMIZERS["adamw"].lr)
+    adamw_lr = (
+        cfg.adamw_lr
+        or cfg.lr.get("adamw")
+        or task.adamw_lr
+        or task.lrs.get("adamw", OPTIMIZERS["adamw"].lr)
+    )
     steps = cfg.steps or (task.sweep_steps if isinstance(cfg, SweepConfig) else task.steps)
     return dataclasses.replace(
         cfg,

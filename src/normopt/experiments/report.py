@@ -100,7 +100,7 @@ def tuning_table(metrics: dict[str, Any], markdown: bool = False) -> str:
     rung kept, and the chosen learning rate with its full-budget loss."""
     tuning = metrics["tuning"]
     header = ["optimizer", "grid", "kept per rung", "best lr",
-              f"its final val ({tuning['seeds']} seed(s))", "at grid edge", "search steps"]  # fmt: skip
+              f"its final val ({tuning['seeds']} seed(s))", "at an end", "search steps"]  # fmt: skip
     rows = []
     for opt, rec in tuning["optimizers"].items():
         grid = rec["grid"]
@@ -480,7 +480,8 @@ def _tuning_method(metrics: dict[str, Any]) -> str:
         "it; else the geometric midpoint of the best and the runner-up). The best "
         "full-budget learning rate is chosen, and its runs are this comparison's runs for "
         "those seeds. Search steps: the training steps each optimizer's search took (equal "
-        "for all). At grid edge: the chosen lr is the smallest or largest tried."
+        "for all). At an end: the chosen lr is the smallest or largest that ran the full "
+        "budget, so the optimum may lie beyond it."
     )
 
 

@@ -29,7 +29,8 @@ seconds.
 The comparison then runs every optimizer at its chosen learning rate; the last rung's
 runs of that learning rate are exactly the comparison's runs for those seeds (same
 config, seed and budget), so they are reused, not repeated. A best learning rate at
-an end of the grid is flagged (``at_edge``): the optimum may lie beyond it.
+an end of the full-budget learning rates is flagged (``at_edge``): the optimum may lie
+beyond it.
 
 The search is :func:`successive_halving`, a pure function of a ``run`` callback (tested
 on synthetic loss-versus-lr functions); :func:`search_lrs` plugs in the harness.
@@ -97,7 +98,8 @@ def successive_halving(
     (:func:`_probe`). Returns, per optimizer: ``grid``, ``rungs`` (``steps``, ``points``
     with ``lr``, ``losses`` per seed, ``mean``, ``std``; ``kept``), ``probe`` (a point),
     ``best_lr`` and ``best_loss`` (the best full-budget point), ``at_edge`` (the best is
-    the smallest or largest lr tried) and ``budget_steps`` (training steps spent on it).
+    the smallest or largest lr that ran the full budget: the optimum may lie beyond it)
+    and ``budget_steps`` (training steps spent on it).
     """
     if not steps or any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"rung lengths must increase, got {list(steps)}")
@@ -147,10 +149,10 @@ def successive_halving(
     for rec in out.values():
         full = list(rec["rungs"][-1]["points"]) + ([rec["probe"]] if "probe" in rec else [])
         best = min(full, key=lambda p: (p["mean"], p["lr"]))
-        tried = [p["lr"] for r in rec["rungs"] for p in r["points"]] + [p["lr"] for p in full]
+        lrs = [p["lr"] for p in full]
         rec["best_lr"] = best["lr"]
         rec["best_loss"] = best["mean"]
-        rec["at_edge"] = len(set(tried)) > 1 and best["lr"] in (min(tried), max(tried))
+        rec["at_edge"] = len(set(lrs)) > 1 and best["lr"] in (min(lrs), max(lrs))
     return out
 
 

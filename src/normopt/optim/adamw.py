@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
+from normopt import distributed
 from normopt.optim import moves
 from normopt.optim.base import lr_on
 from normopt.optim.moves import Mask
@@ -87,26 +88,28 @@ def _fused(
 ) -> None:
     b1, b2 = group["betas"]
     ms, vs, steps = [], [], []
+    # DTensor parameters (FSDP2): the kernel runs on the local shards, state stays DTensors
+    local = distributed.local if opt._consensus is not None else _same
     for p in params:
         st = opt.state[p]
         if "step" not in st:  # lazy state, as torch.optim.AdamW creates it
             st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        ms.append(st["exp_avg"])
-        vs.append(st["exp_avg_sq"])
+        ms.append(local(st["exp_avg"]))
+        vs.append(local(st["exp_avg_sq"]))
         steps.append(st["step"])
     found = None if mask is None else mask.found_inf()
     torch._foreach_add_(steps, 1)
     torch._fused_adamw_(
-        params,
-        [cast(Tensor, p.grad) for p in params],
+        [local(p) for p in params],
+        [local(cast(Tensor, p.grad)) for p in params],
         ms,
         vs,
         [],
         steps,
         amsgrad=False,
-        lr=lr_on(group["lr"], params[0].device),
+        lr=lr_on(group["lr"], local(params[0]).device),
         beta1=b1,
         beta2=b2,
         weight_decay=group["weight_decay"],
@@ -119,10 +122,14 @@ def _fused(
         torch._foreach_sub_(steps, [found] * len(steps))
 
 
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
 def _flat(opt: NormOptimizer, group: dict[str, Any], block: Any, mask: Mask | None) -> None:
     b1, b2 = group["betas"]
     G = block.grad
-    torch._foreach_copy_(block.grad_views, [cast(Tensor, p.grad) for p in block.params])
+    torch._foreach_copy_(block.grad_views, block.grads())
     if mask is not None:
         G.masked_fill_(mask.bad, 0.0)
     step = opt._counter(block)  # (B,), the rows are state[p]["step"]

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from normopt import kernels
+from normopt import distributed, kernels
 from normopt._checks import at_least_float32, check_bool, check_int, check_number
 from normopt.norms import Norm, from_spec
 from normopt.optim.moves import Mask
@@ -141,7 +142,13 @@ class Block:
     dtype: torch.dtype
     device: torch.device
     spans: tuple[tuple[int, int], ...]  # flat blocks: (offset, numel) of each parameter
+    # the tensors the moves write: the parameters, or their local shards (DTensors)
+    targets: list[Tensor] = field(default_factory=list)
+    # a direction computed across ranks (normopt.distributed's OwnerExchange for sharded
+    # parameters, ReplicatedExchange for DDP's owners), planned once; None: computed here
+    exchange: Any = None
     grad: Tensor = field(init=False)
+    sharded: bool = field(init=False)  # targets are local shards of DTensor parameters
     grad_views: list[Tensor] = field(init=False)
     plain: bool = field(init=False)  # rows are the parameters' shapes, none transposed
     buffers: dict[str, Tensor] = field(default_factory=dict)
@@ -149,19 +156,28 @@ class Block:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.targets:
+            self.targets = list(self.params)
+        self.sharded = any(t is not p for t, p in zip(self.targets, self.params))
         self.grad = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         self.grad_views = self.rows(self.grad)
         # a plain stack's rows are what D.unbind(0) gives
         self.plain = (
             not self.flat
             and not any(self.flipped)
-            and all(tuple(p.shape) == self.shape[1:] for p in self.params)
+            and all(tuple(p.shape) == self.shape[1:] for p in self.targets)
         )
+
+    def grads(self) -> list[Tensor]:
+        """The gradients of the parameters, as the moves read them (local shards of DTensors)."""
+        if self.sharded:
+            return [distributed.local(cast(Tensor, p.grad)) for p in self.params]
+        return [cast(Tensor, p.grad) for p in self.params]
 
     def rows(self, t: Tensor) -> list[Tensor]:
         """Views of ``t`` (the block's shape), one per parameter, in the parameter's shape."""
         out = []
-        for j, p in enumerate(self.params):
+        for j, p in enumerate(self.targets):
             if self.flat:
                 o, n = self.spans[j]
                 out.append(t[0, o : o + n].view(p.shape))
@@ -225,7 +241,16 @@ class NormOptimizer(Optimizer):
     # Set by optimizers whose step couples all groups (modular steepest descent).
     _global_combine: bool = False
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], process_group: Any = None) -> None:
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(
+                "process_group: expected a torch.distributed ProcessGroup (e.g. "
+                f"torch.distributed.group.WORLD) or None, got {type(process_group).__name__}"
+            )
+        # DDP: the ranks of process_group share the directions of replicated parameters
+        self._process_group = process_group
+        self._consensus: Any = None  # the group that agrees on skipped steps (DTensors)
+        self._owner_load: dict[int, list[float]] = {}
         defaults = self._as_specs(defaults)
         # Every optimizer reads a parameter as ``split_view(shape, batch_dims, split)``.
         defaults.setdefault("batch_dims", 0)
@@ -277,9 +302,17 @@ class NormOptimizer(Optimizer):
                     )
             check_bool("foreach", group["foreach"])
             self._check_group(group)
-        except (TypeError, ValueError):
+            everything = [p for g in self.param_groups for p in g["params"]]
+            consensus = distributed.consensus_group(everything)
+            if consensus is not None and self._process_group is not None:
+                raise ValueError(
+                    "process_group: is for replicated parameters (DDP); these parameters "
+                    "are DTensors (FSDP2), whose device mesh is used instead"
+                )
+        except (TypeError, ValueError, NotImplementedError):
             self.param_groups.pop()  # a rejected group must not stay behind half-added
             raise
+        self._consensus = consensus
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_number("lr", group["lr"])
@@ -305,6 +338,9 @@ class NormOptimizer(Optimizer):
         self.__dict__.setdefault("_skipped", None)
         self.__dict__.setdefault("_last_masks", {})
         self.__dict__.setdefault("_bound_cache", {})
+        self.__dict__.setdefault("_process_group", None)
+        self.__dict__.setdefault("_consensus", None)
+        self.__dict__.setdefault("_owner_load", {})
 
     def lr_scale(self, p: Tensor) -> float:
         """The factor this optimizer multiplies ``lr`` by for parameter ``p`` (1 here; Muon
@@ -380,14 +416,32 @@ class NormOptimizer(Optimizer):
             return "fast"
         bound = self._overflow_bound(entries)
         guard = any(p.dtype == torch.float16 for _, p, _ in entries)
+        sharded = self._consensus is not None
         owners, finite, large = [], [], []
         for group, p, g in entries:
+            g = distributed.local(g) if sharded else g
             if g.numel() == 0:
                 continue
             amax = torch.linalg.vector_norm(g, math.inf)  # NaN or Inf when g holds one
             owners.append((group, p))
             finite.append(torch.isfinite(amax))
             large.append(amax > bound)
+        if sharded:  # every rank the same answer: (any bad, any large), one all_reduce
+            dev = distributed.local(entries[0][1]).device
+            mine = torch.zeros(2, dtype=torch.bool, device=dev)
+            if owners:
+                mine[0] = ~torch.stack([f.to(dev) for f in finite]).all()
+                mine[1] = torch.stack([b.to(dev) for b in large]).any()
+            anywhere = distributed.agree(mine, self._consensus).cpu()  # one sync
+            if bool(anywhere[0]) and (not owners or bool(torch.stack(finite).all())):
+                if any(g.get("nonfinite", "skip") == "raise" for g in self.param_groups):
+                    raise NonFiniteGradientError(
+                        "non-finite gradient (NaN or Inf) on another rank; the step was not "
+                        "taken. Pass nonfinite='skip' to skip such steps instead."
+                    )
+                return "skip"
+            if not bool(anywhere[0]):
+                return "guard" if guard or bool(anywhere[1]) else "fast"
         if not owners:
             return "guard" if guard else "fast"
         dev = finite[0].device
@@ -418,14 +472,23 @@ class NormOptimizer(Optimizer):
         back. Returns one :class:`Mask` per device (the same decision on all of them)."""
         n = max(1, sum(p.numel() for _, p, _ in entries))
         by_key: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, float]]] = {}
+        sharded = self._consensus is not None
         for group, p, g in entries:
+            if sharded:
+                g = distributed.local(g)  # each rank checks its shards; agree() below
             if g.numel():
                 bound = self._grad_bound(group, _state_dtype(p), n)
                 by_key.setdefault((g.device, g.dtype), []).append((g, bound))
         if not by_key:
-            return {}
+            if not sharded or not entries:
+                return {}
+            # this rank holds only empty shards: nothing wrong here, but it must still agree
+            by_key[(distributed.local(entries[0][1]).device, torch.float32)] = []
         oks = []
         for (device, dtype), items in by_key.items():
+            if not items:
+                oks.append(torch.ones((), dtype=torch.bool, device=device))
+                continue
             # NaN or Inf where a gradient holds one; NaN <= bound is False: bad
             peaks = torch.stack(torch._foreach_norm([g for g, _ in items], math.inf))
             bounds = tuple(b for _, b in items)
@@ -442,8 +505,10 @@ class NormOptimizer(Optimizer):
         first = oks[0].device
         ok = oks[0] if len(oks) == 1 else torch.stack([t.to(first) for t in oks]).all()
         bad = torch.logical_not(ok)
+        if sharded:  # one all_reduce: every rank takes the same decision
+            bad = distributed.agree(bad, self._consensus)
         self._count_skipped(bad, first)
-        devices = {p.device for _, p, _ in entries}
+        devices = {(distributed.local(p) if sharded else p).device for _, p, _ in entries}
         return {d: Mask(bad if d == first else bad.to(d)) for d in devices}
 
     def _count_skipped(self, bad: Tensor | bool, device: torch.device) -> None:
@@ -475,9 +540,11 @@ class NormOptimizer(Optimizer):
         that was not finite before the step, say weights set to Inf by the user, is not
         blamed on the update.)"""
 
+        local = distributed.local
+
         def finite(new: Tensor, old: Tensor | None) -> Tensor:
-            ok = torch.isfinite(new).all()
-            return ok if old is None else ok | ~torch.isfinite(old).all()
+            ok = torch.isfinite(local(new)).all()
+            return ok if old is None else ok | ~torch.isfinite(local(old)).all()
 
         flags: list[Tensor] = []
         where: list[tuple[int, str]] = []
@@ -490,6 +557,17 @@ class NormOptimizer(Optimizer):
                     old = (st or {}).get(k)
                     flags.append(finite(v, old if isinstance(old, Tensor) else None))
                     where.append((i, f"the optimizer state {k!r}"))
+        if self._consensus is not None:  # undo everywhere or nowhere
+            dev = local(saved[0][1]).device if saved else torch.device("cpu")
+            mine = (
+                ~torch.stack([f.to(dev) for f in flags]).all()
+                if flags
+                else torch.zeros((), dtype=torch.bool, device=dev)
+            )
+            if not bool(distributed.agree(mine, self._consensus).cpu()):
+                return True
+            if not flags or not bool(mine.cpu()):  # the overflow was on another rank
+                flags, where = [torch.zeros((), dtype=torch.bool, device=dev)], [(0, "a tensor")]
         if not flags:
             return True
         dev = flags[0].device
@@ -547,7 +625,83 @@ class NormOptimizer(Optimizer):
         ok = norm is not None and norm.transpose_equivariant
         return [ok and kernels.merge_transposed_enabled(p.device) for p in params]
 
+    def _local_direction(self, group: dict[str, Any]) -> bool:
+        """Whether the group's direction is computed entry by entry (or not at all: AdamW),
+        so that shards of a parameter move with no communication."""
+        return self._entrywise(group)
+
+    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+        """Whether this optimizer's moves other than the direction act entry by entry, so
+        that sharded parameters need only their directions computed whole (see
+        :mod:`normopt.distributed`). A move that reduces over a whole tensor after the
+        direction (NorMuon's and AdaMuon's rescales, the modular step's global eta) says
+        False, and DTensor parameters are refused for it with an error."""
+        return True
+
     def _plan_blocks(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
+        if self._consensus is not None and any(distributed.is_dtensor(p) for p in params):
+            return self._plan_sharded(group, params)
+        blocks = self._plan_local(group, params)
+        if self._process_group is not None and not self._local_direction(group):
+            self._share_owners(blocks)
+        return blocks
+
+    def _share_owners(self, blocks: list[Block]) -> None:
+        """DDP (``process_group``): every row of every stack gets one owner rank, balanced by
+        FLOPs across the optimizer's blocks; only the owner computes its direction."""
+        group = self._process_group
+        load = self._owner_load.setdefault(-1, [0.0] * dist.get_world_size(group))
+        for block in blocks:
+            if block.flat:
+                continue
+            cost = distributed.element_cost(block.shape[1:])
+            owners = distributed.assign_owners([cost] * len(block.params), load)
+            block.exchange = distributed.ReplicatedExchange(group, owners)
+
+    def _plan_sharded(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
+        """Blocks of DTensor parameters (FSDP2): flat blocks of their local shards, one per
+        (state dtype, device, shard group). Where the direction needs whole matrices, each
+        block carries an :class:`normopt.distributed.OwnerExchange`."""
+        names = [self._param_name(group, p) for p in params]
+        layouts = [distributed.layout_of(p, n) for p, n in zip(params, names)]
+        local = self._local_direction(group)
+        sharded = any(lay.dim is not None for lay in layouts)
+        if not local and sharded and not self._sharding_supported(group):
+            raise NotImplementedError(
+                f"{type(self).__name__}: this group's step reduces over whole tensors "
+                f"after the direction, which sharded (FSDP2) parameters such as "
+                f"{names[0]} do not support yet; use Muon, SteepestDescent, TrustRegion "
+                "or LionK, or DDP with process_group="
+            )
+        # replicated DTensors whose direction needs whole matrices: stacks, as on one process
+        whole = [p for p, lay in zip(params, layouts) if lay.dim is None and not local]
+        blocks = self._plan_local(group, whole) if whole else []
+        by_key: dict[Any, list[int]] = {}
+        for i, (p, lay) in enumerate(zip(params, layouts)):
+            if lay.dim is None and not local:
+                continue
+            key: tuple[Any, ...] = (
+                _state_dtype(p),
+                distributed.local(p).device,
+                None if local else id(lay.group),
+            )
+            if not group["foreach"]:
+                key = (*key, i)  # the reference: every parameter a block of its own
+            by_key.setdefault(key, []).append(i)
+        for key, idx in by_key.items():
+            ps = [params[i] for i in idx]
+            block = self._block(group, ps, None)
+            if key[2] is not None:
+                lays = [layouts[i] for i in idx]
+                shapes = [tuple(p.shape) for p in ps]
+                costs = [distributed.element_cost(self._element_shape(p, group)) for p in ps]
+                load = self._owner_load.setdefault(key[2], [0.0] * lays[0].world)
+                owners = distributed.assign_owners(costs, load)
+                block.exchange = distributed.OwnerExchange(lays, shapes, owners)
+            blocks.append(block)
+        return blocks
+
+    def _plan_local(self, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
         dtypes = [_state_dtype(p) for p in params]
         # a group stored (d_in, d_out) reads each element from the parameter's transpose
         t = self._transposed(group)
@@ -582,23 +736,33 @@ class NormOptimizer(Optimizer):
         element: tuple[int, ...] | None = None,
     ) -> Block:
         p0 = params[0]
+        # what the moves write: the parameters, or the local shards of DTensors
+        targets = [distributed.local(p) for p in params]
         if flipped is None:  # flat
             spans, o = [], 0
-            for p in params:
-                spans.append((o, p.numel()))
-                o += p.numel()
+            for t in targets:
+                spans.append((o, t.numel()))
+                o += t.numel()
             return Block(
                 params,
                 (1, o),
                 (False,) * len(params),
                 True,
                 _state_dtype(p0),
-                p0.device,
+                targets[0].device,
                 tuple(spans),
+                targets,
             )
         shape = element if element is not None else self._element_shape(p0, group)
         return Block(
-            params, (len(params), *shape), tuple(flipped), False, _state_dtype(p0), p0.device, ()
+            params,
+            (len(params), *shape),
+            tuple(flipped),
+            False,
+            _state_dtype(p0),
+            targets[0].device,
+            (),
+            targets,
         )
 
     def _blocks_for(self, gi: int, group: dict[str, Any], params: list[Tensor]) -> list[Block]:
@@ -654,7 +818,10 @@ class NormOptimizer(Optimizer):
             (v, self.state[p][key]) for p, v in zip(block.params, views) if key in self.state[p]
         ]
         if have:
-            torch._foreach_copy_([v for v, _ in have], [o for _, o in have])
+            local = distributed.local  # a loaded DTensor state: its shard
+            torch._foreach_copy_([v for v, _ in have], [local(o) for _, o in have])
+        if block.sharded:  # the state a checkpoint sees: DTensors laid out like the parameters
+            views = [distributed.wrap_like(p, v) for p, v in zip(block.params, views)]
         for p, v in zip(block.params, views):
             self.state[p][key] = v
         block.buffers[key], block.views[key] = buf, views
@@ -722,15 +889,46 @@ class NormOptimizer(Optimizer):
         for block in self._blocks_for(gi, group, params):
             mask = masks.get(block.device)
             G = block.grad
-            torch._foreach_copy_(block.grad_views, [cast(Tensor, p.grad) for p in block.params])
+            torch._foreach_copy_(block.grad_views, block.grads())
             if mask is not None:
                 G.masked_fill_(mask.bad, 0.0)  # a skipped step moves nothing (see moves.Mask)
             M = self._accumulate(group, block, G, mask)
-            D = self._direct(M, group)
+            D = self._direct(M, group) if block.exchange is None else self._shared(group, block, M)
             if plan is not None:
                 plan.append((group, block, M, D))
             else:
                 self._apply(group, block, D, mask)
+
+    def _shared(self, group: dict[str, Any], block: Block, M: Tensor) -> Tensor:
+        """The direction of a block whose direction is computed across ranks (see
+        :mod:`normopt.distributed`)."""
+        ex = block.exchange
+        if isinstance(ex, distributed.ReplicatedExchange):
+            return ex.direct(M, lambda stack: self._direct(stack, group))
+        transposed = self._transposed(group)
+        params = block.params
+
+        def whole(mats: list[Tensor]) -> list[Tensor]:
+            # mats: the whole buffers this rank owns (global shapes), in ex.mine's order; each
+            # read as its element (split_view), stacked by element shape, directed
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            elements = []
+            for k, (j, P) in enumerate(zip(ex.mine, mats)):
+                shape = self._element_shape(params[j], group)
+                elements.append((P.mT if transposed else P).reshape(shape))
+                by_shape.setdefault(shape, []).append(k)
+            out: list[Tensor] = [M] * len(mats)
+            for ks in by_shape.values():
+                D = self._direct(torch.stack([elements[k] for k in ks]), group)
+                for k, d in zip(ks, D.unbind(0)):
+                    P = mats[k]
+                    out[k] = d.reshape(P.mT.shape).mT if transposed else d.reshape(P.shape)
+            return out
+
+        shards = ex.direct(block.rows(M), whole)
+        D = torch.empty_like(M)
+        torch._foreach_copy_(block.rows(D), shards)
+        return D
 
     def _decoupled_step(
         self,
@@ -745,7 +943,7 @@ class NormOptimizer(Optimizer):
         """``W <- (1 - lr wd) W - lr scale D`` for every parameter of ``block`` (``scale`` a
         float or a per-row tensor; ``lr`` a float or a tensor). ``D`` is scaled in place unless
         it is one of ``protected`` (buffers that must not change)."""
-        params = block.params
+        params = block.targets
         lr = lr_on(lr, block.device, block.dtype)
         if weight_decay != 0:
             decay = 1.0 - lr * weight_decay
@@ -777,9 +975,9 @@ class NormOptimizer(Optimizer):
                 block.grad.copy_(D)
             rows = block.grad_views
         if alpha == 1.0:
-            torch._foreach_add_(block.params, rows)
+            torch._foreach_add_(block.targets, rows)
         else:
-            torch._foreach_add_(block.params, rows, alpha=alpha)
+            torch._foreach_add_(block.targets, rows, alpha=alpha)
 
     # -- the step ---------------------------------------------------------------------------
     @torch.no_grad()

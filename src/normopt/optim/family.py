@@ -101,6 +101,9 @@ class NorMuon(_SecondMoment):
     def _merge_transposed(self, group: dict[str, Any], params: list[Tensor]) -> list[bool]:
         return [False] * len(params)  # rows are neurons: a transposed stack would mix them up
 
+    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+        return not _plain_muon(group)  # the rescale reduces over the whole update
+
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
         if _plain_muon(group):
             element = (*block.shape[1:-1], 1)  # one value per row of every matrix
@@ -167,6 +170,9 @@ class AdaMuon(_SecondMoment):
         super().__init__(
             params_or_model, beta2, eps, lr=lr, momentum=momentum, adjust_lr=adjust_lr, **kwargs
         )
+
+    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+        return not _plain_muon(group)  # the rescale reduces over the whole update
 
     def _apply(self, group: dict[str, Any], block: Block, D: Tensor, mask: Mask | None) -> None:
         if _plain_muon(group):

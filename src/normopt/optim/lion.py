@@ -113,6 +113,7 @@ class LionK(NormOptimizer):
         ns_steps: int | None = None,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group: Any = None,
     ) -> None:
         K_obj = _resolve_K(K)
         self._K_cache: dict[str, Norm | HuberNuclear] = {}
@@ -126,7 +127,7 @@ class LionK(NormOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

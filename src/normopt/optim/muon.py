@@ -190,6 +190,7 @@ class Muon(NormOptimizer):
         adamw_weight_decay: float = 0.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -222,7 +223,7 @@ class Muon(NormOptimizer):
         check_betas("adamw_betas", adamw_betas)
         check_number("adamw_eps", adamw_eps, 0.0, math.inf, low_open=True)
         check_number("adamw_weight_decay", adamw_weight_decay)
-        super().__init__(_muon_groups(params_or_model), defaults)
+        super().__init__(_muon_groups(params_or_model), defaults, process_group)
 
     def _grad_bound(self, group: dict[str, Any], dtype: torch.dtype, n: int) -> float:
         if group["algorithm"] == "adamw":  # g^2 must stay finite
@@ -388,6 +389,9 @@ class Muon(NormOptimizer):
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return group.get("norm") is not None and self._norm(group).entrywise
+
+    def _local_direction(self, group: dict[str, Any]) -> bool:
+        return group["algorithm"] == "adamw" or super()._local_direction(group)
 
     def _run_groups(
         self,

@@ -56,6 +56,9 @@ class MuonMVR2(Muon):
         super().__setstate__(state)
         self.__dict__.setdefault("_prev_grads", {})
 
+    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+        return False  # the second gradients are kept per parameter, not per shard
+
     def _accumulate(
         self, group: dict[str, Any], block: Block, G: Tensor, mask: Mask | None
     ) -> Tensor:

@@ -73,6 +73,7 @@ class SteepestDescent(NormOptimizer):
         radius: float | None = None,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group: Any = None,
     ) -> None:
         self._global_combine = bool(modular)
         defaults = dict(
@@ -88,7 +89,7 @@ class SteepestDescent(NormOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -111,6 +112,9 @@ class SteepestDescent(NormOptimizer):
 
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return _element(self, p, group)
+
+    def _sharding_supported(self, group: dict[str, Any]) -> bool:
+        return not group["modular"]  # eta sums dual norms over every block
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         # sign is entrywise; the unnormalized step multiplies it by a per-tensor dual norm
@@ -169,7 +173,7 @@ class SteepestDescent(NormOptimizer):
         decay = 1.0 - lr
         if mask is not None:
             decay = mask.decay(decay, block.dtype)
-        torch._foreach_mul_(block.params, decay)
+        torch._foreach_mul_(block.targets, decay)
         coef: Any = -lr * radius
         if mask is None and not isinstance(lr, Tensor):
             self._add_rows(block, D, alpha=coef)
@@ -213,6 +217,7 @@ class TrustRegion(NormOptimizer):
         weight_decay: float = 0.0,
         nonfinite: str = "skip",
         foreach: bool = True,
+        process_group: Any = None,
     ) -> None:
         defaults = dict(
             norm=norm,
@@ -222,7 +227,7 @@ class TrustRegion(NormOptimizer):
             nonfinite=nonfinite,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, process_group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -259,6 +264,6 @@ class TrustRegion(NormOptimizer):
         if wd != 0:
             decay = 1.0 - wd
             torch._foreach_mul_(
-                block.params, decay if mask is None else mask.decay(decay, block.dtype)
+                block.targets, decay if mask is None else mask.decay(decay, block.dtype)
             )
         self._decoupled_step(block, D, group["lr"], 0.0, 1.0, mask)

@@ -103,6 +103,8 @@ def _list(stream: Any = None) -> int:
         print(f"  {t.name:17s} {t.summary}", file=out)
         print(f"  {'':17s} {t.size}", file=out)
         lrs = ", ".join(f"{k} {v:g}" for k, v in t.lrs.items())
+        if t.adamw_lr is not None:
+            lrs += f"; AdamW part of hybrids {t.adamw_lr:g}"
         print(
             f"  {'':17s} {t.steps} steps of {t.batch_size}; sweep {t.sweep_steps}; lr: {lrs}",
             file=out,

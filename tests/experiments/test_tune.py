@@ -174,6 +174,13 @@ def test_compare_tune_end_to_end(tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert "![lr search](lr_search.png)" in summary and "Every point of the lr search" in summary
     assert json.loads((out / "config.json").read_text())["tune"] is True
+    # the saved config searches again (from the same centres) and lands on the same lrs
+    again = tmp_path / "again"
+    assert (
+        main(["compare", "--config", str(out / "config.json"), "--out", str(again), "--quiet"]) == 0
+    )
+    rerun = json.loads((again / "metrics.json").read_text())
+    assert [s["lr"] for s in rerun["summary"]] == [s["lr"] for s in metrics["summary"]]
 
     # The comparison at the chosen lrs alone gives the same runs: reuse changed nothing.
     lrs = ",".join(f"{s['optimizer']}={s['lr']!r}" for s in metrics["summary"])

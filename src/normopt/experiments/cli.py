@@ -63,8 +63,17 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[C.TrainConfig]) 
     file's values are not overwritten by defaults."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind, metavar = _arg_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
+        if hints[f.name] is bool:  # a switch: --tune
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=f.metadata.get("help", ""),
+            )
+            continue
+        kind, metavar = _arg_type(hints[f.name])
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         suffix = "" if default in (None, ()) else f" [default: {shown}]"
         parser.add_argument(
@@ -95,6 +104,8 @@ def _list(stream: Any = None) -> int:
         print(f"  {t.name:17s} {t.summary}", file=out)
         print(f"  {'':17s} {t.size}", file=out)
         lrs = ", ".join(f"{k} {v:g}" for k, v in t.lrs.items())
+        if t.adamw_lr is not None:
+            lrs += f"; AdamW part of hybrids {t.adamw_lr:g}"
         print(
             f"  {'':17s} {t.steps} steps of {t.batch_size}; sweep {t.sweep_steps}; lr: {lrs}",
             file=out,
@@ -161,6 +172,8 @@ def _run_checked(command: str, args: argparse.Namespace) -> int:
             out = _out(compare_cfg, command)
             metrics = run_compare(compare_cfg, quiet=args.quiet)
             report.write_compare_report(metrics, out)
+            if metrics["tuning"]:
+                print(report.tuning_table(metrics) + "\n")
             print(report.compare_table(metrics))
         else:
             sweep_cfg = config_from_args(C.SweepConfig, args)

@@ -21,6 +21,7 @@ from normopt.experiments.config import (
     SweepConfig,
     TrainConfig,
     describe_basin,
+    from_dict,
     parse_basin,
     resolve,
     to_dict,
@@ -55,6 +56,8 @@ def _run_all(
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     problem = get_task(cfg.task).setup(device)
+    if cfg.jobs > 1 and len(plan) > 1:
+        return _run_pool(cfg, plan, quiet), device, problem
     val_batches = problem.val_batches(cfg.batch_size or 1)
     # Warm-up, discarded: the first steps of a process pay one-time costs (lazy imports,
     # allocator, kernel selection) that would otherwise be charged to the first optimizer.
@@ -74,6 +77,58 @@ def _run_all(
             bar.update(cfg.steps - len(run.train_loss))  # the steps a diverged run skipped
             runs.append(run)
     return runs, device, problem
+
+
+# Each worker process of ``--jobs`` holds one loaded problem (set up by _worker_init).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cls: type[TrainConfig], data: dict[str, Any]) -> None:
+    cfg = from_dict(cls, data)
+    torch.set_num_threads(cfg.threads or 1)
+    device = resolve_device(cfg.device)
+    problem = get_task(cfg.task).setup(device)
+    val_batches = problem.val_batches(cfg.batch_size or 1)
+    short = dataclasses.replace(cfg, steps=2, eval_every=2)  # warm-up, discarded
+    for optimizer in cfg.optimizers:
+        train(problem, optimizer, cfg.lr[optimizer], 0, short, device, val_batches[:1])
+    _WORKER.update(cfg=cfg, device=device, problem=problem, val_batches=val_batches)
+
+
+def _worker_train(item: tuple[str, float, int]) -> RunResult:
+    optimizer, lr, seed = item
+    w = _WORKER
+    return train(w["problem"], optimizer, lr, seed, w["cfg"], w["device"], w["val_batches"])
+
+
+def _run_pool(
+    cfg: TrainConfig, plan: Sequence[tuple[str, float, int]], quiet: bool
+) -> list[RunResult]:
+    """``plan`` on ``cfg.jobs`` fresh (spawned) processes, results in plan order. Each
+    process rebuilds the registry by importing normopt.experiments: only optimizers
+    registered at import time can run there."""
+    import concurrent.futures
+    import multiprocessing
+
+    assert cfg.steps is not None
+    # the optimizers of the plan only, each at a learning rate it has in the plan
+    lrs = {opt: lr for opt, lr, _ in plan}
+    worker_cfg = dataclasses.replace(cfg, optimizers=tuple(lrs), lr={**cfg.lr, **lrs})
+    with (
+        concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(cfg.jobs, len(plan)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(type(cfg), to_dict(worker_cfg)),
+        ) as pool,
+        _progress(len(plan) * cfg.steps, quiet) as bar,
+    ):
+        futures = [pool.submit(_worker_train, item) for item in plan]
+        for done in concurrent.futures.as_completed(futures):
+            bar.update(cfg.steps)
+            run = done.result()
+            bar.set_description(f"{run.optimizer} lr={run.lr:.3g} seed={run.seed} done")
+        return [f.result() for f in futures]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -145,8 +200,23 @@ def run_result_dict(r: RunResult) -> dict[str, Any]:
 def run_compare(cfg: CompareConfig, quiet: bool = False) -> dict[str, Any]:
     """Every optimizer of ``cfg`` for every seed, from the same inits and data order."""
     cfg = resolve(cfg)
+    saved = cfg  # with --tune, the search's centre learning rates: a rerun searches again
+    tuning: dict[str, Any] | None = None
+    done: dict[tuple[str, float, int], RunResult] = {}
+    if cfg.tune:
+        from normopt.experiments.tune import search_lrs
+
+        record, done = search_lrs(cfg, quiet)
+        tuning = {"seeds": cfg.tune_seeds or cfg.seeds, "optimizers": record}
+        cfg = dataclasses.replace(
+            cfg, lr={**cfg.lr, **{opt: rec["best_lr"] for opt, rec in record.items()}}
+        )
     plan = [(opt, cfg.lr[opt], seed) for opt in cfg.optimizers for seed in range(cfg.seeds)]
-    runs, device, problem = _run_all(cfg, plan, quiet)
+    # the search's full-budget runs at the chosen learning rates are this plan's runs
+    todo = [item for item in plan if item not in done]
+    new, device, problem = _run_all(cfg, todo, quiet)
+    done.update(zip(todo, new))
+    runs = [done[item] for item in plan]
 
     by_opt = {opt: [r for r in runs if r.optimizer == opt] for opt in cfg.optimizers}
     summary: list[dict[str, Any]] = []
@@ -178,7 +248,8 @@ def run_compare(cfg: CompareConfig, quiet: bool = False) -> dict[str, Any]:
         )
     return {
         "command": "compare",
-        "config": to_dict(cfg),
+        "config": to_dict(saved),
+        "tuning": tuning,
         "environment": environment(device),
         "task": _task_info(cfg.task),
         "reference": {"optimizer": cfg.reference if reference else None, "val_loss": target},

@@ -75,6 +75,13 @@ class TrainConfig:
     device: str = field(
         default="auto", metadata=_help("auto (a GPU when present), cpu, cuda, cuda:N")
     )
+    jobs: int = field(
+        default=1,
+        metadata=_help(
+            "runs trained at once, each in its own process with --threads (default 1) torch "
+            "threads; results do not depend on it"
+        ),
+    )
     reference: str = field(
         default="adamw",
         metadata=_help(
@@ -103,7 +110,7 @@ class TrainConfig:
                 )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: a name appears twice in {','.join(self.optimizers)}")
-        for name in ("steps", "batch_size", "eval_every", "seeds", "threads"):
+        for name in ("steps", "batch_size", "eval_every", "seeds", "threads", "jobs"):
             if getattr(self, name) is not None:
                 check_int(_flag(name), getattr(self, name), 1)
         for name, v in self.lr.items():
@@ -128,7 +135,60 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CompareConfig(TrainConfig):
-    """``normopt compare``: every optimizer on the same inits and data, curves and a table."""
+    """``normopt compare``: every optimizer on the same inits and data, curves and a table.
+
+    With ``tune``, each optimizer's learning rate is first searched with the same budget
+    (:mod:`normopt.experiments.tune`: successive halving over a log grid), and the
+    comparison runs at each one's best.
+    """
+
+    tune: bool = field(
+        default=False,
+        metadata=_help(
+            "search every optimizer's lr first, with the same budget (successive halving over "
+            "--tune-factors x its default lr, rungs at --tune-rungs of --steps), then compare "
+            "at each one's best"
+        ),
+    )
+    tune_factors: tuple[float, ...] = field(
+        default=(0.25, 0.5, 1.0, 2.0, 4.0),
+        metadata=_help("the search grid: multiples of each optimizer's default (or --lr) lr"),
+    )
+    tune_rungs: tuple[float, ...] = field(
+        default=(0.25, 1.0),
+        metadata=_help(
+            "successive-halving rungs: run lengths as fractions of --steps, increasing, the "
+            "last 1 (the full budget)"
+        ),
+    )
+    tune_eta: float = field(
+        default=2.0,
+        metadata=_help("after each rung but the last, keep the best ceil(n / eta) lrs"),
+    )
+    tune_seeds: int | None = field(
+        default=None,
+        metadata=_help("seeds 0..S-1 of every search run (default: --seeds)"),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tune_factors", tuple(self.tune_factors))
+        object.__setattr__(self, "tune_rungs", tuple(self.tune_rungs))
+        super().__post_init__()
+        if not self.tune_factors:
+            raise ValueError("--tune-factors: give at least one factor")
+        for v in self.tune_factors:
+            check_number("--tune-factors", v, low_open=True)
+        if len(set(self.tune_factors)) != len(self.tune_factors):
+            raise ValueError("--tune-factors: a factor appears twice")
+        rungs = self.tune_rungs
+        if not rungs or rungs[-1] != 1.0 or any(not 0 < a < b for a, b in zip(rungs, rungs[1:])):
+            raise ValueError(
+                f"--tune-rungs: expected increasing fractions in (0, 1] ending at 1, got {rungs}"
+            )
+        check_number("--tune-rungs", rungs[0], low_open=True)
+        check_number("--tune-eta", self.tune_eta, 1.0, low_open=True)
+        if self.tune_seeds is not None:
+            check_int("--tune-seeds", self.tune_seeds, 1)
 
 
 @dataclass(frozen=True)
@@ -205,7 +265,12 @@ def resolve(cfg: C) -> C:
             raise ValueError(f"--optimizers: {e}") from None
     lr = {n: cfg.lr.get(n, task.lrs.get(n, OPTIMIZERS[n].lr)) for n in cfg.optimizers}
     lr.update(cfg.lr)
-    adamw_lr = cfg.adamw_lr or cfg.lr.get("adamw") or task.lrs.get("adamw", OPTIMIZERS["adamw"].lr)
+    adamw_lr = (
+        cfg.adamw_lr
+        or cfg.lr.get("adamw")
+        or task.adamw_lr
+        or task.lrs.get("adamw", OPTIMIZERS["adamw"].lr)
+    )
     steps = cfg.steps or (task.sweep_steps if isinstance(cfg, SweepConfig) else task.steps)
     return dataclasses.replace(
         cfg,
@@ -263,6 +328,8 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise bad()
         return {str(k): _coerce(name, v, args[1], source) for k, v in value.items()}
+    if hint is bool and isinstance(value, bool):
+        return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str) and isinstance(value, hint) and not isinstance(value, bool):

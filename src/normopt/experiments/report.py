@@ -72,7 +72,8 @@ def compare_table(metrics: dict[str, Any], markdown: bool = False) -> str:
     ref = metrics["reference"]["optimizer"]
     seeds = metrics["config"]["seeds"]
     spread_note = " (mean ± std)" if seeds > 1 else ""
-    header = ["optimizer", "lr", f"final val loss{spread_note}", "best val", "final train",
+    lr = "lr (searched)" if metrics.get("tuning") else "lr"
+    header = ["optimizer", lr, f"final val loss{spread_note}", "best val", "final train",
               "val acc", "ms/step", "train s"]  # fmt: skip
     if ref:
         header += [f"steps to {ref}", f"s to {ref}"]
@@ -92,6 +93,61 @@ def compare_table(metrics: dict[str, Any], markdown: bool = False) -> str:
             row += [_g(s["steps_to_reference"], 0), _g(s["seconds_to_reference"], 1)]
         rows.append(row)
     return _table(header, rows, markdown)
+
+
+def tuning_table(metrics: dict[str, Any], markdown: bool = False) -> str:
+    """The learning-rate search of ``compare --tune``: per optimizer, its grid, what each
+    rung kept, and the chosen learning rate with its full-budget loss."""
+    tuning = metrics["tuning"]
+    header = ["optimizer", "grid", "kept per rung", "best lr",
+              f"its final val ({tuning['seeds']} seed(s))", "at an end", "search steps"]  # fmt: skip
+    rows = []
+    for opt, rec in tuning["optimizers"].items():
+        grid = rec["grid"]
+        kept = " → ".join(
+            f"{len(r['kept'])} of {len(r['points'])} @ {r['steps']}" for r in rec["rungs"]
+        )
+        full = rec["rungs"][-1]["points"] + ([rec["probe"]] if rec.get("probe") else [])
+        if rec.get("probe"):
+            kept += f"; probe {rec['probe']['lr']:.3g}"
+        final = next(p for p in full if p["lr"] == rec["best_lr"])
+        rows.append(
+            [
+                opt,
+                f"{grid[0]:.3g} … {grid[-1]:.3g} ({len(grid)})",
+                kept,
+                f"{rec['best_lr']:.3g}",
+                _pm({"mean": final["mean"], "std": final["std"], "n": len(final["losses"])}),
+                "yes" if rec["at_edge"] else "no",
+                f"{rec['budget_steps']:,}",
+            ]
+        )
+    return _table(header, rows, markdown)
+
+
+def tuning_points_table(metrics: dict[str, Any]) -> str:
+    """Markdown: every (optimizer, lr) of the search, its seed-mean final val loss per rung."""
+    parts = []
+    for opt, rec in metrics["tuning"]["optimizers"].items():
+        header = ["lr"] + [f"{r['steps']} steps" for r in rec["rungs"]]
+        rungs = [list(r["points"]) for r in rec["rungs"]]
+        probe = rec.get("probe")
+        if probe:  # a full-budget point, in the last column
+            rungs[-1].append(probe)
+        rows = []
+        for lr in sorted({*rec["grid"], *([probe["lr"]] if probe else [])}):
+            note = " (probe)" if probe and lr == probe["lr"] else ""
+            row = [f"{lr:.3g}{note}" + (" (best)" if lr == rec["best_lr"] else "")]
+            for points in rungs:
+                p = next((p for p in points if p["lr"] == lr), None)
+                row.append(
+                    "—"
+                    if p is None
+                    else _pm({"mean": p["mean"], "std": p["std"], "n": len(p["losses"])})
+                )
+            rows.append(row)
+        parts.append(f"**{opt}**\n\n" + _table(header, rows, True))
+    return "\n\n".join(parts)
 
 
 def _basin_text(b: dict[str, Any]) -> str:
@@ -265,6 +321,55 @@ def plot_sweep(metrics: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_lr_search(metrics: dict[str, Any], path: Path) -> None:
+    """Small multiples, one per optimizer: seed-mean final val loss against lr at every rung
+    of the search (the full-budget rung darkest), the chosen lr starred."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    records = metrics["tuning"]["optimizers"]
+    n = len(records)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 2.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    cmap = colormaps["Blues"]
+    for ax, (opt, rec) in zip(axes, records.items()):
+        k = len(rec["rungs"])
+        finite = [p["mean"] for r in rec["rungs"] for p in r["points"] if math.isfinite(p["mean"])]
+        top = max(finite) if finite else 1.0
+        for i, r in enumerate(rec["rungs"]):
+            c = cmap(0.45 + 0.55 * (i + 1) / k)
+            points = r["points"]
+            if i == k - 1 and rec.get("probe"):  # the probe runs the full budget too
+                points = sorted([*points, rec["probe"]], key=lambda p: p["lr"])
+            ok = [p for p in points if math.isfinite(p["mean"])]
+            ax.errorbar([p["lr"] for p in ok], [p["mean"] for p in ok],
+                        yerr=[p["std"] for p in ok], color=c, marker="o", ms=3, capsize=2,
+                        lw=1.2, label=f"{r['steps']} steps")  # fmt: skip
+            bad = [p["lr"] for p in points if not math.isfinite(p["mean"])]
+            if bad:
+                ax.plot(bad, [top] * len(bad), "x", color=c, ms=7)
+        ax.plot([rec["best_lr"]], [rec["best_loss"]], "*", color="crimson", ms=11, zorder=5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide at this size
+        ax.set_title(f"{opt}: best lr {rec['best_lr']:.3g}", fontsize=9)
+        ax.set_xlabel("learning rate", fontsize=8)
+        ax.set_ylabel("final val loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{metrics['task']['name']}: lr search, {metrics['tuning']['seeds']} seed(s) "
+        "(× at the top: diverged)",
+        fontsize=10,
+    )
+    fig.savefig(path, dpi=100)
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -310,6 +415,24 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
     plot_curves(metrics, out / "loss_vs_time.png", "time")
     ref = metrics["reference"]
     lines = _header(metrics, out) + [compare_table(metrics, markdown=True), ""]
+    if metrics.get("tuning"):
+        plot_lr_search(metrics, out / "lr_search.png")
+        cfg = metrics["config"]
+        lrs = ",".join(f"{s['optimizer']}={s['lr']:.6g}" for s in metrics["summary"])
+        lines += [
+            "Every learning rate above was chosen by the same search (table and plot below); "
+            f"the comparison at them alone: `normopt compare --task {cfg['task']} "
+            f"--optimizers {','.join(cfg['optimizers'])} --lr {lrs} "
+            f"--adamw-lr {cfg['adamw_lr']:g}` (the AdamW part of hybrids stays at the lr the "
+            "search held it at).",
+            "",
+            "![lr search](lr_search.png)",
+            "",
+            tuning_table(metrics, markdown=True),
+            "",
+            _tuning_method(metrics),
+            "",
+        ]
     if ref["optimizer"]:
         lines += [
             f"Steps / s to {ref['optimizer']}: the first validation (every "
@@ -336,7 +459,30 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
         "```",
         "",
     ]
+    if metrics.get("tuning"):
+        lines += ["## Every point of the lr search", "", tuning_points_table(metrics), ""]
     (out / "summary.md").write_text("\n".join(lines))
+
+
+def _tuning_method(metrics: dict[str, Any]) -> str:
+    cfg = metrics["config"]
+    factors = ", ".join(f"{f:g}" for f in cfg["tune_factors"])
+    rungs = ", ".join(f"{f:g}" for f in cfg["tune_rungs"])
+    return (
+        f"The search (`--tune`, `normopt.experiments.tune`), the same for every optimizer: the "
+        f"grid is its default learning rate times {factors}; successive halving trains every "
+        f"surviving learning rate for each rung's fraction ({rungs}) of the {cfg['steps']} "
+        f"steps (warmup and schedule compressed to the run's length) on "
+        f"{metrics['tuning']['seeds']} seed(s), scores it by the seed-mean final validation "
+        f"loss (a diverged seed: inf) and keeps the best ceil(n / {cfg['tune_eta']:g}) after "
+        "every rung but the last; then one probe learning rate runs the full budget too (past "
+        "the best when it is at an end of the last rung: the runner-up's mirror image through "
+        "it; else the geometric midpoint of the best and the runner-up). The best "
+        "full-budget learning rate is chosen, and its runs are this comparison's runs for "
+        "those seeds. Search steps: the training steps each optimizer's search took (equal "
+        "for all). At an end: the chosen lr is the smallest or largest that ran the full "
+        "budget, so the optimum may lie beyond it."
+    )
 
 
 def write_sweep_report(metrics: dict[str, Any], out: Path) -> None:

@@ -130,6 +130,9 @@ class Task:
     sweep_steps: int  # default budget of each `normopt sweep` run
     setup: Callable[[torch.device], Problem] = field(repr=False)
     lrs: Mapping[str, float] = field(default_factory=dict)
+    # the AdamW part of hybrids (muon, normuon, ...), when it is not lrs["adamw"]: the lr
+    # their own learning rates were searched with
+    adamw_lr: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lrs", MappingProxyType(dict(self.lrs)))
@@ -181,15 +184,20 @@ TASKS: dict[str, Task] = {
             eval_every=10,
             sweep_steps=300,
             setup=_digits,
-            # a 3-seed sweep at 300 steps (BENCHMARKS.md)
+            # compare --tune at 300 steps, 2 seeds, the AdamW part of hybrids at 0.02
+            # (BENCHMARKS.md, "Default learning rates")
             lrs={
-                "adamw": 0.02,
+                "adamw": 0.04,
                 "torch-muon": 0.0125,
                 "muon": 0.0125,
+                "normuon": 0.01,
+                "adamuon": 0.01,
+                "muon-heads": 0.01,
                 "lion": 3e-3,
-                "sign": 4e-3,
-                "sgd": 0.1,
+                "sign": 5.66e-3,
+                "sgd": 0.2,
             },
+            adamw_lr=0.02,
         ),
         Task(
             "fashion-mnist",

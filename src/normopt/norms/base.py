@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -152,18 +152,6 @@ def from_spec(spec: dict[str, Any] | str | Norm) -> Norm:
         return get(spec)
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"spec: expected a dict with a 'name' key, got {spec!r}")
+    # nested specs (Transposed's inner, Modular's norms) are read by those classes themselves
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if "norms" in kwargs:  # Modular: nested specs
-        kwargs["norms"] = [from_spec(s) for s in kwargs["norms"]]
-    inner = kwargs.get("inner")
-    if isinstance(inner, dict):
-        kwargs["inner"] = from_spec(inner)
     return get(spec["name"], **kwargs)
-
-
-def safe_div(x: Tensor, d: Tensor) -> Tensor:
-    """``x / d`` with 0 where ``d == 0`` (the dualize of a zero gradient is zero)."""
-    return torch.where(d > 0, x / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(x))
-
-
-Reduce = Callable[[Tensor], Tensor]

@@ -238,7 +238,7 @@ class NormOptimizer(Optimizer):
                 f"nonfinite: expected one of {list(NONFINITE_POLICIES)}, got {nonfinite!r}"
             )
         params = _param_list(params)
-        self._norm_cache: dict[str, Norm] = {}
+        self._norm_cache: dict[str, Any] = {}  # built from group specs (norms, Lion-K's K)
         self._blocks: dict[int, tuple[tuple[Tensor, ...], list[Block]]] = {}
         self._skipped: Tensor | None = None
         self._last_masks: dict[Any, Mask] = {}

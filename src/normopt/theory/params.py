@@ -1,4 +1,4 @@
-"""Shared plumbing for estimators and monitors: named parameters and their norms."""
+"""What every theory tool takes: named parameters, the norm of each, the loss, gradients."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from normopt.norms import L2, Norm, Spectral
 
 Params = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
 """A model, a ``{name: tensor}`` mapping, or ``(name, tensor)`` pairs."""
+
+LossFn = Callable[[], Tensor]
+"""A loss at the current parameters, as a scalar tensor, without ``backward`` called."""
 
 NormSpec = Norm | Mapping[str | Tensor, Norm] | Callable[[str, Tensor], Norm | None] | None
 """How to pick a norm per parameter: one norm for all, a mapping keyed by name or by the

@@ -421,5 +421,11 @@ def test_bad_arguments_raise_naming_the_argument(make, arg):
 def test_norm_that_does_not_fit_the_shape():
     with pytest.raises(ValueError, match="norm"):
         normopt.SteepestDescent([nn.Parameter(torch.randn(5))], norm=N.Spectral(), lr=0.1)
+    with pytest.raises(ValueError, match="^norm: Modular spans several tensors"):
+        normopt.SteepestDescent([nn.Parameter(torch.randn(5))], norm=N.Modular([N.L2()]), lr=0.1)
+    with pytest.raises(ValueError, match="^norm: ModularSum spans several tensors"):
+        normopt.SteepestDescent(
+            [nn.Parameter(torch.randn(5))], norm={"name": "modular_sum", "norms": ["l2"]}, lr=0.1
+        )
     with pytest.raises(ValueError, match="Muon needs matrices"):
         normopt.Muon([{"params": [nn.Parameter(torch.randn(5))], "use_muon": True}])

@@ -11,7 +11,7 @@ Pass norms as objects (``Spectral()``, ``Schatten(4)``); strings enter through
 :func:`get` (``get("schatten", p=4)``), whose error lists the valid names.
 """
 
-from normopt.norms.base import Norm, from_spec, get, names, register
+from normopt.norms.base import AnyNorm, Norm, ProductNorm, from_spec, get, names, register
 from normopt.norms.combinators import Modular, ModularSum, Transposed
 from normopt.norms.conv import ConvSpectral, ConvSpectralDual
 from normopt.norms.convex import HuberNuclear
@@ -28,6 +28,8 @@ from normopt.norms.vector import L1, L2, EntrywiseL1, Frobenius, LInf, MaxEntry
 
 __all__ = [
     "Norm",
+    "ProductNorm",
+    "AnyNorm",
     "from_spec",
     "get",
     "names",

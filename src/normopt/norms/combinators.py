@@ -1,5 +1,6 @@
 """Norms built from other norms: a matrix norm read transposed, and the product (modular)
-norm over several tensors and its dual (SPEC A2, arXiv 2409.20325 Prop. 7).
+norm over several tensors and its dual (SPEC A2, arXiv 2409.20325 Prop. 7), which have the
+interface of :class:`~normopt.norms.base.ProductNorm`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt._checks import check_number
-from normopt.norms.base import Norm, from_spec, register
+from normopt.norms.base import Norm, ProductNorm, from_spec, register
 from normopt.norms.numerics import (
     as_shape,
 )
@@ -33,10 +33,10 @@ class Transposed(Norm):
     ndim = 2
 
     def __init__(self, inner: Norm | str | dict[str, Any]) -> None:
-        inner = from_spec(inner)
-        if inner.ndim != 2:
-            raise ValueError(f"inner: Transposed needs a matrix norm (ndim 2), got {inner!r}")
-        self.inner = inner
+        built = from_spec(inner)
+        if not isinstance(built, Norm) or built.ndim != 2:
+            raise ValueError(f"inner: Transposed needs a matrix norm (ndim 2), got {built!r}")
+        self.inner = built
 
     def _kwargs(self) -> dict[str, Any]:
         return {"inner": self.inner.spec()}
@@ -64,50 +64,8 @@ class Transposed(Norm):
         return self.inner.rho((n, m))
 
 
-class _Blocks(Norm):
-    """Shared parts of the product norms over several tensors (blocks)."""
-
-    ndim = 0
-
-    def __init__(
-        self, norms: Sequence[Norm | str | dict[str, Any]], scales: Sequence[float] | None = None
-    ) -> None:
-        if isinstance(norms, Norm | str | dict) or len(norms) == 0:
-            raise ValueError("norms: expected a non-empty sequence of norms, one per block")
-        self.norms = [from_spec(n) for n in norms]
-        if scales is None:
-            scales = [1.0] * len(self.norms)
-        scales = [float(s) for s in scales]
-        if len(scales) != len(self.norms):
-            raise ValueError(
-                f"scales: expected {len(self.norms)} scales (one per block), got {len(scales)}"
-            )
-        self.scales = [check_number("scales", s, 0.0, low_open=True) for s in scales]
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"norms": [n.spec() for n in self.norms], "scales": list(self.scales)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.norms!r}, scales={self.scales!r})"
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(map(repr, self.norms)), tuple(self.scales)))
-
-    def _check(self, xs: Sequence[Tensor]) -> None:
-        if isinstance(xs, Tensor) or len(xs) != len(self.norms):
-            raise ValueError(
-                f"x: {type(self).__name__} acts on a sequence of {len(self.norms)} tensors, one per block"
-            )
-
-    def fit(self, shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
-        raise ValueError(
-            f"norm: {type(self).__name__} spans several tensors; use SteepestDescent(modular=True) "
-            "with one norm per param group"
-        )
-
-
 @register
-class Modular(_Blocks):
+class Modular(ProductNorm):
     """Product (modular) norm ``max_l s_l ||W_l||_l`` over blocks (SPEC A2, arXiv 2409.20325 Prop. 7).
 
     Dual: ``sum_l ||G_l||_{l,dual} / s_l``. ``dualize`` returns the blocks
@@ -118,31 +76,31 @@ class Modular(_Blocks):
 
     name = "modular"
 
-    def norm(self, xs: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+    def norm(self, xs: Sequence[Tensor]) -> Tensor:
         self._check(xs)
         vals = [s * n.norm(x) for n, s, x in zip(self.norms, self.scales, xs)]
         return torch.stack(torch.broadcast_tensors(*vals)).amax(dim=0)
 
-    def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+    def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:
         self._check(gs)
         vals = [n.dual_norm(g) / s for n, s, g in zip(self.norms, self.scales, gs)]
         return torch.stack(torch.broadcast_tensors(*vals)).sum(dim=0)
 
-    def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:  # type: ignore[override]
+    def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:
         self._check(gs)
         return [n.dualize(g) / s for n, s, g in zip(self.norms, self.scales, gs)]
 
-    def dual(self) -> Norm:
+    def dual(self) -> ProductNorm:
         return ModularSum([n.dual() for n in self.norms], [1.0 / s for s in self.scales])
 
-    def rho(self, shapes: Sequence[Sequence[int]]) -> float:  # type: ignore[override]
+    def rho(self, shapes: Sequence[Sequence[int]]) -> float:
         return math.sqrt(
             sum((n.rho(tuple(sh)) / s) ** 2 for n, s, sh in zip(self.norms, self.scales, shapes))
         )
 
 
 @register
-class ModularSum(_Blocks):
+class ModularSum(ProductNorm):
     """``sum_l w_l ||W_l||_l`` over blocks: the dual of :class:`Modular`.
 
     Dual: ``max_l ||G_l||_{l,dual} / w_l``; ``dualize`` puts
@@ -151,17 +109,17 @@ class ModularSum(_Blocks):
 
     name = "modular_sum"
 
-    def norm(self, xs: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+    def norm(self, xs: Sequence[Tensor]) -> Tensor:
         self._check(xs)
         vals = [w * n.norm(x) for n, w, x in zip(self.norms, self.scales, xs)]
         return torch.stack(torch.broadcast_tensors(*vals)).sum(dim=0)
 
-    def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+    def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:
         self._check(gs)
         vals = [n.dual_norm(g) / w for n, w, g in zip(self.norms, self.scales, gs)]
         return torch.stack(torch.broadcast_tensors(*vals)).amax(dim=0)
 
-    def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:  # type: ignore[override]
+    def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:
         self._check(gs)
         vals = [n.dual_norm(g) / w for n, w, g in zip(self.norms, self.scales, gs)]
         # one winner per batch entry (leading dims), the first block on ties
@@ -173,8 +131,8 @@ class ModularSum(_Blocks):
             out.append(d * mask)
         return out
 
-    def dual(self) -> Norm:
+    def dual(self) -> ProductNorm:
         return Modular([n.dual() for n in self.norms], [1.0 / w for w in self.scales])
 
-    def rho(self, shapes: Sequence[Sequence[int]]) -> float:  # type: ignore[override]
+    def rho(self, shapes: Sequence[Sequence[int]]) -> float:
         return max(n.rho(tuple(sh)) / w for n, w, sh in zip(self.norms, self.scales, shapes))

@@ -11,6 +11,8 @@ from normopt.experiments.optimizers import OPTIMIZERS, build_optimizers
 from normopt.experiments.tasks import CharLMProblem
 from normopt.experiments.train import train
 
+pytestmark = pytest.mark.integration  # harness entries training a char-LM
+
 CPU = torch.device("cpu")
 
 

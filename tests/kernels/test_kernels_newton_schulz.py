@@ -115,6 +115,7 @@ class CountingBackend:
         return gm.forward
 
 
+@pytest.mark.integration  # torch.compile / dynamo traces
 def test_compiled_equals_fused_and_caches_per_shape():
     kernels.clear_compiled()
     counter = CountingBackend()

@@ -42,6 +42,7 @@ from normopt._checks import (
     check_int,
     check_optional_int,
     check_polar_method,
+    check_real_tensor,
 )
 
 __all__ = [
@@ -215,14 +216,7 @@ DEFAULT_SCHEDULE = {
 def check_matrix(G: object, name: str = "G") -> Tensor:
     """``G`` if it is a dense real floating-point matrix or batch of matrices, else the error
     naming ``name``."""
-    if not isinstance(G, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(G).__name__}")
-    if G.is_complex():
-        raise TypeError(f"{name}: complex tensors are not supported (dtype {G.dtype})")
-    if not G.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {G.dtype}")
-    if G.is_sparse:
-        raise TypeError(f"{name}: sparse tensors are not supported; call .to_dense() first")
+    G = check_real_tensor(name, G)
     if G.ndim < 2:
         raise ValueError(
             f"{name}: expected a matrix or a batch of matrices (ndim >= 2), got shape {tuple(G.shape)}"

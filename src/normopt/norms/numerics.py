@@ -8,7 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from normopt._checks import at_least_float32, check_optional_int, check_polar_method
+from normopt._checks import (
+    at_least_float32,
+    check_optional_int,
+    check_polar_method,
+    check_real_tensor,
+)
 
 __all__ = [
     "as_shape",
@@ -29,17 +34,9 @@ def safe_div(x: Tensor, d: Tensor) -> Tensor:
 
 
 def work_tensor(x: Tensor) -> Tensor:
-    """At least float32 for reductions and factorizations (bf16/fp16 in, float32 out)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError(f"complex tensors are not supported (dtype {x.dtype})")
-    if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
-    if x.layout != torch.strided:
-        raise TypeError(
-            f"sparse tensors are not supported (layout {x.layout}); call .to_dense() first"
-        )
+    """At least float32 for reductions and factorizations (bf16/fp16 in, float32 out); a
+    ``TypeError`` for what is not a dense real floating-point tensor."""
+    check_real_tensor("x", x)
     return x.to(at_least_float32(x.dtype))
 
 

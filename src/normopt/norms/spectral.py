@@ -156,8 +156,21 @@ class Schatten(Norm):
         return float(min(m, n) ** max(0.0, 1.0 / self.q - 0.5))
 
 
+class _TopK(Norm):
+    """The part the Ky Fan norm and its dual share: the number ``k`` of singular values."""
+
+    transpose_equivariant = True
+    ndim = 2
+
+    def __init__(self, k: int) -> None:
+        self.k = check_int("k", k, 1)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+
 @register
-class KyFan(Norm):
+class KyFan(_TopK):
     """Ky Fan k-norm: the sum of the ``k`` largest singular values.
 
     Dual: ``max(s_1, ||G||_nuc / k)`` (:class:`KyFanDual`). ``dualize(G)`` is
@@ -167,14 +180,6 @@ class KyFan(Norm):
     """
 
     name = "ky_fan"
-    transpose_equivariant = True
-    ndim = 2
-
-    def __init__(self, k: int) -> None:
-        self.k = check_int("k", k, 1)
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"k": self.k}
 
     def norm(self, x: Tensor) -> Tensor:
         self._reduce_dims(x)
@@ -204,7 +209,7 @@ class KyFan(Norm):
 
 
 @register
-class KyFanDual(Norm):
+class KyFanDual(_TopK):
     """The dual of the Ky Fan k-norm: ``max(s_1, ||G||_nuc / k)``.
 
     Dual: Ky Fan k. ``dualize(G) = sum_{i <= k} u_i v_i^T`` (over the nonzero
@@ -212,14 +217,6 @@ class KyFanDual(Norm):
     """
 
     name = "ky_fan_dual"
-    transpose_equivariant = True
-    ndim = 2
-
-    def __init__(self, k: int) -> None:
-        self.k = check_int("k", k, 1)
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"k": self.k}
 
     def norm(self, x: Tensor) -> Tensor:
         return KyFan(self.k).dual_norm(x)

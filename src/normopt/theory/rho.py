@@ -1,12 +1,7 @@
 """The ``rho`` real gradients see: ``||g||_dual / ||g||_F`` per layer against the worst case
 ``rho`` of the norm (:func:`effective_rho`).
 
-Like every estimator here, it takes the parameters (a model, a ``{name: tensor}`` mapping
-or ``(name, tensor)`` pairs), a loss callable that returns a scalar loss tensor at the
-current parameters *without* calling ``backward`` (gradients come from
-``torch.autograd.grad``, so ``p.grad`` is never touched), and ``norms``
-(:data:`normopt.theory.params.NormSpec`); norms are evaluated in float64. For the whole model, layers are combined in the modular norm with unit scales
-(SPEC A2): ``||x|| = max_l ||x_l||_l``, dual ``sum_l ||g_l||_l,dual``.
+Its inputs are those of every estimator (:mod:`normopt.theory.params`).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ checker catches each form.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ RANK = {
 # Upward imports allowed only inside a function (looked up on use, never at import time):
 # optim may find the distributed layer lazily when a step runs under torch.distributed.
 LAZY_UP = {("optim", "distributed")}
+MODULE_NAME = re.compile(r"normopt(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,11 @@ def edges(root: Path, path: Path) -> list[Edge]:
                 sub = f"{base}.{alias.name}"
                 add(sub if _is_module(root, sub) else base, node)
     if _calls_import_module(tree):
-        # the names importlib loads: every string literal in this file naming a module
+        # the names importlib loads: every string literal in this file that is a dotted
+        # normopt module name (one that names no module is reported by violations())
         for node in ast.walk(tree):
             literal = isinstance(node, ast.Constant) and isinstance(node.value, str)
-            if literal and _is_module(root, node.value):
+            if literal and MODULE_NAME.fullmatch(node.value):
                 add(node.value, node)
     return out
 
@@ -153,6 +156,9 @@ def violations(root: Path) -> list[str]:
             continue
         for e in edges(root, path):
             target_layer = layer_of(e.target)
+            if not _is_module(root, e.target):
+                bad.append(f"{rel}:{e.line} imports {e.target}, which is no module of the tree")
+                continue
             if target_layer not in RANK:
                 bad.append(f"{rel}:{e.line} imports {e.target}, a layer with no rank")
                 continue
@@ -309,6 +315,15 @@ def test_cli_strings_are_checked(tmp_path):
     assert len(violations(root)) == 1
 
 
+def test_cli_string_naming_no_module_fails(tmp_path):
+    cli = "import importlib\nMODS = ('normopt.commands.nrms',)\n"
+    cli += "def main():\n    for m in MODS:\n        importlib.import_module(m)\n"
+    root = _tree(tmp_path, {"cli.py": cli})
+    assert violations(root) == [
+        "cli.py:2 imports normopt.commands.nrms, which is no module of the tree"
+    ]
+
+
 def test_downward_and_allowed_lazy_imports_pass(tmp_path):
     files = {
         "optim/base.py": "from normopt import kernels\nfrom . import moves\nimport normopt.norms\n",
@@ -328,3 +343,24 @@ def test_planted_cycle_is_found(tmp_path):
     assert cycles(_tree(tmp_path, files)) == [
         ["normopt.kernels.a", "normopt.kernels.b", "normopt.kernels.a"]
     ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from normopt import experiments",
+        "import normopt.commands.norms",
+        "from .. import theory",
+        "def _later():\n    from normopt.experiments import compare",
+    ],
+)
+def test_planted_in_a_copy_of_the_real_tree(tmp_path, line):
+    """The real tree, with one upward import added to optim/base.py: exactly that one fails."""
+    import shutil
+
+    root = tmp_path / "normopt"
+    shutil.copytree(SRC, root, ignore=shutil.ignore_patterns("__pycache__"))
+    base = root / "optim" / "base.py"
+    base.write_text(base.read_text() + "\n" + line + "\n")
+    bad = violations(root)
+    assert len(bad) == 1 and bad[0].startswith("optim/base.py:"), bad

@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,14 +14,25 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("NORMOPT_HYPOTHESIS", "ci"))
 
-# The tests step tiny tensors: one thread avoids oversubscription on small CI machines
-# (two threads made the optimizer tests up to 20x slower on a shared 2-core machine).
+# The tests step tiny tensors: one intra-op thread avoids oversubscription on small CI
+# machines (two threads made the optimizer tests up to 20x slower on a shared 2-core machine,
+# and small kernels 10-1000x slower: a 3x3 torch.linalg.qr took 16 ms instead of 7 us).
 torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Every test starts and ends on one intra-op thread, whatever it set (the benchmark
+    scripts take ``--threads``)."""
+    torch.set_num_threads(1)
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

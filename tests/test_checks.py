@@ -115,6 +115,21 @@ def test_at_least_float32(dtype, expected):
     assert C.at_least_float32(dtype) == expected
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_check_real_tensor():
+    x = torch.randn(3, dtype=torch.bfloat16)
+    assert C.check_real_tensor("G", x) is x
+    for bad, what in [
+        ([1.0], "expected a torch.Tensor, got list"),
+        (torch.ones(2, dtype=torch.complex64), "complex tensors are not supported"),
+        (torch.ones(2, dtype=torch.int64), "expected a floating-point tensor"),
+        (torch.eye(2).to_sparse(), "sparse tensors are not supported"),
+        (torch.eye(2).to_sparse_csr(), "sparse tensors are not supported"),
+    ]:
+        with pytest.raises(TypeError, match=rf"^G: {what}"):
+            C.check_real_tensor("G", bad)
+
+
 def test_the_layers_share_one_polar_method_tuple():
     import importlib
 
@@ -129,7 +144,14 @@ def test_no_package_defines_its_own_copy():
     import ast
     from pathlib import Path
 
-    names = {"check_number", "check_betas", "check_bool", "check_int", "check_polar_method"}
+    names = {
+        "check_number",
+        "check_betas",
+        "check_bool",
+        "check_int",
+        "check_polar_method",
+        "check_real_tensor",
+    }
     root = Path(C.__file__).parent
     for path in root.rglob("*.py"):
         if path.name == "_checks.py":

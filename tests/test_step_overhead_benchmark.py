@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.integration  # the step-overhead benchmark script, tiny runs
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 D, LAYERS = 16, 2
 
@@ -28,13 +30,6 @@ def _load(name):
 
 
 so = _load("step_overhead")
-
-
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _ops(make, d=D):
@@ -131,7 +126,7 @@ def test_twins_keep_data():
     assert counter.reads == 5 and counter.by_op["aten.nonzero.default"] == 1
 
 
-def test_tiny_run(tmp_path, keep_threads, capsys):
+def test_tiny_run(tmp_path, capsys):
     out = tmp_path / "overhead.json"
     argv = ["--width", str(D), "--layers", str(LAYERS), "--steps", "1", "--json", str(out)]
     assert so.main([*argv, "--verbose"]) == 0

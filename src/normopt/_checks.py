@@ -28,6 +28,7 @@ __all__ = [
     "check_number",
     "check_optional_int",
     "check_polar_method",
+    "check_real_tensor",
 ]
 
 # The polar-factor methods of normopt.linalg.polar (documented there). Kept here so that
@@ -124,3 +125,19 @@ def at_least_float32(dtype: torch.dtype) -> torch.dtype:
     of, and low-precision matmuls on a CPU are slow and buy nothing.
     """
     return dtype if dtype == torch.float64 or dtype.is_complex else torch.float32
+
+
+def check_real_tensor(name: str, x: Any) -> Tensor:
+    """``x`` if it is a dense, real, floating-point tensor; else a ``TypeError`` naming ``name``
+    (the kind every norm and polar factor computes on)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{name}: complex tensors are not supported (dtype {x.dtype})")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{name}: sparse tensors are not supported (layout {x.layout}); call .to_dense() first"
+        )
+    return x

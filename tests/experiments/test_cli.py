@@ -6,6 +6,8 @@ import pytest
 
 from normopt.cli import main
 
+pytestmark = pytest.mark.integration  # `normopt compare` and `normopt sweep` end to end
+
 
 @pytest.mark.parametrize(
     "argv, flag",

@@ -5,6 +5,8 @@ import torch
 
 from normopt.experiments import data as D
 
+pytestmark = pytest.mark.integration  # the data sets of the harness, read from their packages
+
 
 def test_markdown_to_text():
     md = "# Hamlet\n\n## ACT I\n\n_Enter Ghost_\n\n**HORATIO**  \nStay, illusion!  \nSpeak.\n"

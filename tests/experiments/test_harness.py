@@ -13,6 +13,8 @@ from normopt.experiments.optimizers import OPTIMIZERS, register_optimizer
 from normopt.experiments.tasks import get_task
 from normopt.experiments.train import lr_factor, train
 
+pytestmark = pytest.mark.integration  # the harness end to end: tasks, training, reports
+
 CPU = torch.device("cpu")
 
 

@@ -19,6 +19,20 @@ def coefficients(name, steps=5):
     return [sched.at(i) for i in range(steps)], sched.norm_scale
 
 
+def textbook_quintic(G, coefficients, norm_scale=1.0):
+    """The quintic iteration of SPEC A5 written out in float64, independently of normopt:
+    ``X_0 = G / (||G||_F * norm_scale)`` (wide), ``X <- a X + (b A + c A^2) X``, ``A = X X^T``."""
+    X = G.double()
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) * norm_scale)
+    for a, b, c in coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
 def spectrum_matrix(batch, m, n, seed=0, dtype=torch.float64):
     """Random singular vectors, singular values log-spaced over three decades."""
     g = torch.Generator().manual_seed(seed)

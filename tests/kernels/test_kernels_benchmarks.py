@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+pytestmark = pytest.mark.integration  # the benchmark scripts, tiny runs
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -22,14 +23,7 @@ def _load(name):
     return module
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def test_gpu_polar_tiny_run(tmp_path, keep_threads, capsys):
+def test_gpu_polar_tiny_run(tmp_path, capsys):
     out = tmp_path / "polar.json"
     args = ["--device", "cpu", "--shapes", "2x8x24,20x12", "--methods", "normopt.*,kernels.*"]
     assert (
@@ -46,7 +40,7 @@ def test_gpu_polar_tiny_run(tmp_path, keep_threads, capsys):
     assert "normopt.newton_schulz" in capsys.readouterr().out
 
 
-def test_gpu_step_tiny_run(tmp_path, keep_threads):
+def test_gpu_step_tiny_run(tmp_path):
     out = tmp_path / "step.json"
     mod = _load("gpu_step")
     assert (
@@ -75,7 +69,7 @@ def test_gpu_step_tiny_run(tmp_path, keep_threads):
 
 
 @pytest.mark.slow
-def test_small_runs_end_to_end(tmp_path, keep_threads):
+def test_small_runs_end_to_end(tmp_path):
     assert (
         _load("gpu_polar").main(["--device", "cpu", "--small", "--out", str(tmp_path / "p.json")])
         == 0

@@ -155,6 +155,7 @@ def test_unknown_backend():
         kernels.polar(torch.randn(4, 6), "svd", backend="cublas")
 
 
+@pytest.mark.integration  # torch.compile / dynamo traces
 @pytest.mark.parametrize("forced", ["reference", "fused"])
 def test_traces_as_one_graph(forced):
     # No host reads or graph breaks: dynamo captures the whole entry point.

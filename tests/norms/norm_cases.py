@@ -27,8 +27,8 @@ MAT: tuple[Shape, ...] = ((2, 3), (3, 3), (4, 2), (1, 3), (3, 1))
 CONV: tuple[Shape, ...] = ((2, 3, 1, 2), (3, 2, 2, 2), (1, 1, 3, 1))
 
 
-def is_block(norm: N.Norm) -> bool:
-    return isinstance(norm, N.Modular | N.ModularSum)
+def is_block(norm: N.AnyNorm) -> bool:
+    return isinstance(norm, N.ProductNorm)
 
 
 def elem_ndims(norm: N.Norm) -> list[int]:

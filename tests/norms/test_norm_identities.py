@@ -202,7 +202,7 @@ CONFIGURED = [
     N.Modular(
         [N.Transposed(N.ColumnRMS()), N.RMSToRMS("newton_schulz", 5), N.LInf()], [1.0, 0.5, 2.0]
     ),
-    N.ModularSum([N.KyFan(2), N.Modular([N.L2()], [3.0])], [2.0, 1.0]),
+    N.ModularSum([N.KyFan(2), N.Schatten(3)], [2.0, 1.0]),
 ]
 
 
@@ -324,5 +324,14 @@ def test_fit_rejects_shapes_that_cannot_carry_the_norm():
         N.Spectral().fit((5,))
     with pytest.raises(ValueError, match="ndim == 4"):
         N.ConvSpectral().fit((4, 3))
-    with pytest.raises(ValueError, match="spans several tensors"):
-        N.Modular([N.L2()]).fit((3,))
+
+
+def test_a_product_norm_is_not_a_norm_of_one_tensor():
+    """Product norms have their own interface: no fit, and a block is one tensor (a nested
+    product norm used to be accepted and then failed in dualize)."""
+    mod = N.Modular([N.L2()])
+    assert isinstance(mod, N.ProductNorm) and not isinstance(mod, N.Norm)
+    assert not hasattr(mod, "fit")
+    with pytest.raises(ValueError, match="^norms: block 1 is Modular"):
+        N.ModularSum([N.KyFan(2), N.Modular([N.L2()], [3.0])])
+    assert isinstance(N.from_spec(mod.spec()), N.ProductNorm)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from test_common import CASES, IDS, _build, _mlp, _train
+from optim_cases import BY_NAME, CASES, IDS, build_optimizer, make_mlp, train_steps
 from torch import nn
 
 import normopt
@@ -28,65 +27,9 @@ SRC = HERE.parents[1] / "src"
 SAVED_AT, MORE = 3, 4  # steps before the checkpoint, steps after it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread, as in the resuming process (and much faster on 2 shared cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    mats = [p for p in model.parameters() if p.ndim >= 2]
-    vecs = [p for p in model.parameters() if p.ndim < 2]
-    return mats, vecs
-
-
-def _lionk(model: nn.Module) -> torch.optim.Optimizer:
-    mats, vecs = _split(model)
-    for p in vecs:
-        p.requires_grad_(False)
-    return normopt.LionK(mats, K=N.Nuclear(), lr=2e-2, weight_decay=0.1)
-
-
-# name -> (model dtype, optimizer factory, needs a closure)
-SETUPS: dict[str, tuple[torch.dtype, Callable[[nn.Module], torch.optim.Optimizer], bool]] = {
-    "muon-model": (
-        torch.float32,
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.01, adamw_lr=1e-2),
-        False,
-    ),
-    "muon-model-bf16": (torch.bfloat16, lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2), False),
-    "lion": (
-        torch.float32,
-        lambda m: normopt.Lion(m.parameters(), lr=3e-3, weight_decay=0.1),
-        False,
-    ),
-    "lionk-nuclear": (torch.float32, _lionk, False),
-    "steepest-descent": (
-        torch.float32,
-        lambda m: normopt.SteepestDescent(
-            [{"params": _split(m)[0], "norm": N.Spectral()}, {"params": _split(m)[1]}],
-            norm=N.LInf(),
-            lr=3e-3,
-            momentum=0.9,
-            normalized=True,
-        ),
-        False,
-    ),
-    "trust-region": (
-        torch.float32,
-        lambda m: normopt.TrustRegion(
-            [{"params": _split(m)[0], "norm": N.Spectral()}, {"params": _split(m)[1]}],
-            norm=N.LInf(),
-            lr=3e-3,
-            alpha=0.3,
-        ),
-        False,
-    ),
-    "muon-mvr2": (torch.float32, lambda m: normopt.MuonMVR2(m, lr=0.02, adamw_lr=1e-2), True),
-}
+# The resumed runs: every row of the table in float32, and Muon on bf16 weights.
+RESUMED = [(c.name, torch.float32) for c in CASES] + [("muon", torch.bfloat16)]
+RESUMED_IDS = [f"{n}-{str(dt).removeprefix('torch.')}" for n, dt in RESUMED]
 
 
 def _batch(t: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +39,11 @@ def _batch(t: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(dtype), (torch.sin(x[:, :3]) + 0.5 * x[:, 3:]).to(dtype)
 
 
-def _run(name: str, model: nn.Module, opt: torch.optim.Optimizer, start: int, steps: int) -> None:
-    dtype, _, needs_closure = SETUPS[name]
+def _run(key: str, model: nn.Module, opt: torch.optim.Optimizer, start: int, steps: int) -> None:
+    name, dtype = _resumed(key)
     for t in range(start, start + steps):
         closure = _closure(model, opt, *_batch(t, dtype))
-        if needs_closure:
+        if BY_NAME[name].needs_closure:
             opt.step(closure)
         else:
             closure()
@@ -117,14 +60,18 @@ def _closure(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: t
     return closure
 
 
-def _fresh(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    dtype, make, _ = SETUPS[name]
+def _resumed(key: str) -> tuple[str, torch.dtype]:
+    return RESUMED[RESUMED_IDS.index(key)]
+
+
+def _fresh(key: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    name, dtype = _resumed(key)
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
     )
     model = model.to(dtype)
-    return model, make(model)
+    return model, build_optimizer(BY_NAME[name], model)
 
 
 def resume_in_this_process(folder: str, names: list[str]) -> None:
@@ -152,11 +99,11 @@ test_checkpoint.resume_in_this_process(folder, sys.argv[4:])
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory) -> dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """name -> (uninterrupted weights, weights resumed in a fresh process); one subprocess
-    resumes every setup."""
+    """key -> (uninterrupted weights, weights resumed in a fresh process); one subprocess
+    resumes every row."""
     folder = tmp_path_factory.mktemp("checkpoints")
     expected = {}
-    for name in SETUPS:
+    for name in RESUMED_IDS:
         model, opt = _fresh(name, seed=0)
         _run(name, model, opt, 0, SAVED_AT)
         ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "step": SAVED_AT}
@@ -166,7 +113,7 @@ def resumed(tmp_path_factory) -> dict[str, tuple[list[torch.Tensor], list[torch.
     script = folder / "resume.py"
     script.write_text(RESUME_SCRIPT)
     proc = subprocess.run(
-        [sys.executable, str(script), str(folder), str(SRC), str(HERE), *SETUPS],
+        [sys.executable, str(script), str(folder), str(SRC), str(HERE), *RESUMED_IDS],
         capture_output=True,
         text=True,
         timeout=300,
@@ -174,11 +121,12 @@ def resumed(tmp_path_factory) -> dict[str, tuple[list[torch.Tensor], list[torch.
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {
         name: (expected[name], torch.load(folder / f"{name}.out.pt", weights_only=True))
-        for name in SETUPS
+        for name in RESUMED_IDS
     }
 
 
-@pytest.mark.parametrize("name", list(SETUPS))
+@pytest.mark.integration  # a subprocess
+@pytest.mark.parametrize("name", RESUMED_IDS)
 def test_resume_in_a_fresh_process_is_bit_for_bit(resumed, name):
     expected, got = resumed[name]
     assert len(expected) == len(got)
@@ -190,24 +138,24 @@ def test_resume_in_a_fresh_process_is_bit_for_bit(resumed, name):
 def test_low_precision_state_survives_a_round_trip(case):
     """bf16 parameters keep float32 state through save/load (torch's loader would cast it
     to bf16), so the resumed run equals the uninterrupted one bit for bit."""
-    model = _mlp(torch.bfloat16)
-    opt = _build(case, model)
-    _train(case, model, opt, 2)
+    model = make_mlp(torch.bfloat16)
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, 2)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    _train(case, model, opt, 2)
+    train_steps(case, model, opt, 2)
     after = [p.detach().clone() for p in model.parameters()]
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
-    model2 = _mlp(torch.bfloat16)
+    model2 = make_mlp(torch.bfloat16)
     model2.load_state_dict(saved["model"])
-    opt2 = _build(case, model2)
+    opt2 = build_optimizer(case, model2)
     opt2.load_state_dict(saved["opt"])
     for p, st in opt2.state.items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 assert v.dtype == (p.dtype if k == "prev_param" else torch.float32), k
-    _train(case, model2, opt2, 2)
+    train_steps(case, model2, opt2, 2)
     for a, b in zip(after, model2.parameters()):
         assert torch.equal(a, b)
 
@@ -333,13 +281,13 @@ def test_loaded_state_is_a_copy_not_a_view_of_the_state_dict():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_weights_only_load_reads_every_state_dict(case):
-    model = _mlp()
-    opt = _build(case, model)
-    _train(case, model, opt, 2)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, 2)
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     sd = torch.load(buf, weights_only=True)
     # the class is named in every group, which torch.distributed.checkpoint keeps
     assert {g["normopt_optimizer"] for g in sd["param_groups"]} == {type(opt).__name__}
-    _build(case, _mlp()).load_state_dict(sd)
+    build_optimizer(case, make_mlp()).load_state_dict(sd)

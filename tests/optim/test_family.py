@@ -275,6 +275,7 @@ def test_meta_device_step_completes(make):
     assert all(v.device.type == "meta" for st in opt.state.values() for v in st.values())
 
 
+@pytest.mark.integration  # torch.compile / dynamo traces
 @pytest.mark.parametrize("make", FAMILY, ids=FAMILY_IDS)
 def test_no_graph_breaks(make):
     params = [nn.Parameter(torch.randn(8, 6)), nn.Parameter(torch.randn(4, 6))]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_common import CASES, IDS, Case, _build, _mlp, _train
+from optim_cases import BY_NAME, CASES, IDS, Case, build_optimizer, make_mlp, train_steps
 from torch import Tensor, nn
 
 import normopt
@@ -29,22 +29,11 @@ DECAYING = {"muon-wd", "sd-frank-wolfe", "normuon-plain"}
 # matrices: all but the unnormalized steepest descent (step ~ ||g||) and Huber's smoothed
 # nuclear norm (small singular values stay proportional).
 NOT_SCALE_FREE = {"sd-l2", "sd-modular", "lionk-huber"}
-BY_NAME = {c.name: c for c in CASES}
 # Rows that keep no state (steepest descent without momentum).
 STATELESS = {"sd-linf-normalized", "sd-modular"}
 
 
 # -- helpers -------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests step tiny tensors: one intra-op thread is ~10x faster than two that
-    contend on a shared 2-core machine. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class _Holder(nn.Module):
     """A module holding loose tensors, for rows that want a model (routing sees roles by ndim)."""
 
@@ -147,11 +136,11 @@ def _names(case: Case, model: nn.Module) -> list[str]:
 # -- non-finite gradients ------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_nonfinite_gradient_raise_or_skip_leaves_weights_and_state_untouched(case):
-    model = _mlp()
-    opt = _build(case, model)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     names = _names(case, model)
-    _train(case, model, opt, 2)  # some state to protect
+    train_steps(case, model, opt, 2)  # some state to protect
     trainable = [i for i, p in enumerate(params) if p.requires_grad]
     # a matrix (Muon's part) and the last tensor (the head's bias: AdamW's part of Muon)
     first, last = trainable[0], trainable[-1]
@@ -182,9 +171,9 @@ def test_nonfinite_gradient_raise_or_skip_leaves_weights_and_state_untouched(cas
 def test_mvr2_nonfinite_second_gradient(policy):
     """MuonMVR2's second gradient (at the previous iterate, same batch) is checked too."""
     case = BY_NAME["muon-mvr2"]
-    model = _mlp()
-    opt = _build(case, model)
-    _train(case, model, opt, 2)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, 2)
     _policy(opt, policy)
     params = list(model.parameters())
     calls = []
@@ -209,7 +198,7 @@ def test_mvr2_nonfinite_second_gradient(policy):
 
 
 def test_nonfinite_gradient_is_named_when_params_come_with_names():
-    model = _mlp()
+    model = make_mlp()
     for opt in (
         normopt.Lion(model.named_parameters(), lr=1e-3, nonfinite="raise"),
         normopt.SteepestDescent(
@@ -231,8 +220,8 @@ HUGE = [(torch.float32, 1e30), (torch.float32, 3e38), (torch.bfloat16, 1e38), (t
 @pytest.mark.parametrize("dtype,scale", HUGE, ids=[f"{d}-{s:g}"[6:] for d, s in HUGE])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_huge_finite_gradients_never_give_nonfinite_weights_or_state(case, dtype, scale):
-    model = _mlp(dtype)
-    opt = _build(case, model)
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     _step(case, opt, params, _grads(params))  # some state to protect
     for policy in ("raise", "skip"):
@@ -256,8 +245,8 @@ def test_overflowing_update_is_undone_and_skipping_it_is_as_if_it_never_came(pol
     case = BY_NAME["muon"]
 
     def run(huge_step: bool) -> list[Tensor]:
-        model = _mlp()
-        opt = _build(case, model)
+        model = make_mlp()
+        opt = build_optimizer(case, model)
         _policy(opt, policy)
         params = list(model.parameters())
         for t in range(4):
@@ -280,14 +269,14 @@ def test_overflowing_update_is_undone_and_skipping_it_is_as_if_it_never_came(pol
 
 def test_update_errors_are_gradient_errors_and_normal_steps_are_not_guarded():
     assert issubclass(NonFiniteUpdateError, NonFiniteGradientError)
-    model = _mlp()
+    model = make_mlp()
     opt = normopt.Muon(model)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e6
     assert opt._precheck() == "fast"  # no snapshot on ordinary steps
     model[0].weight.grad.fill_(1e30)
     assert opt._precheck() == "guard"
-    opt16 = normopt.Lion(_mlp(torch.float16).parameters())
+    opt16 = normopt.Lion(make_mlp(torch.float16).parameters())
     for g in opt16.param_groups:
         for p in g["params"]:
             p.grad = torch.zeros_like(p)
@@ -346,8 +335,8 @@ def test_tiny_and_huge_gradients_where_the_step_scales_with_them(name):
 # -- degenerate inputs -----------------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_zero_gradients_from_zero_grad_set_to_none_false(case):
-    model = _mlp()
-    opt = _build(case, model)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     x = torch.randn(4, 6)
     model(x).square().mean().backward()
@@ -462,8 +451,8 @@ def test_empty_parameter_list_is_a_clear_value_error(make):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_parameters_without_a_gradient_are_left_alone(case):
-    model = _mlp()
-    opt = _build(case, model)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     idle = {2, 3}  # the middle layer gets no gradient this step
     before = [p.detach().clone() for p in params]
@@ -477,12 +466,12 @@ def test_parameters_without_a_gradient_are_left_alone(case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_frozen_parameters_stay_frozen(case):
-    model = _mlp()
+    model = make_mlp()
     model[2].requires_grad_(False)  # frozen before the optimizer is built
-    opt = _build(case, model)
+    opt = build_optimizer(case, model)
     frozen = [model[2].weight, model[2].bias]
     before = [p.detach().clone() for p in frozen]
-    _train(case, model, opt, 2)
+    train_steps(case, model, opt, 2)
     for a, p in zip(before, frozen):
         assert torch.equal(a, p) and p not in opt.state and p.grad is None
     assert _all_finite(opt)
@@ -495,8 +484,8 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp64", "fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_dtype_steps_and_keeps_state_in_at_least_float32(case, dtype):
-    model = _mlp(dtype)
-    opt = _build(case, model)
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     for t in range(2):
         _step(case, opt, params, _grads(params, seed=t))
@@ -534,8 +523,8 @@ def test_state_never_aliases_gradients_or_parameters(case, dtype):
     """torch.optim.Muon once normalized a bf16 gradient in place and so divided its momentum
     buffer: here state tensors own their storage, and mutating p.grad after a step (or
     between the momentum and the direction map) changes nothing."""
-    model = _mlp(dtype)
-    opt = _build(case, model)
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
     params = list(model.parameters())
     for t in range(2):
         _step(case, opt, params, _grads(params, seed=t))
@@ -562,8 +551,8 @@ def test_direction_map_and_step_do_not_write_into_their_inputs(case):
     inputs: neither writes into the momentum (or any buffer it was handed)."""
 
     def run(isolate: bool) -> list:
-        model = _mlp(torch.bfloat16)
-        opt = _build(case, model)
+        model = make_mlp(torch.bfloat16)
+        opt = build_optimizer(case, model)
         if isolate:
             direct, apply = opt._direct, opt._apply
             opt._direct = lambda stack, group: direct(stack.clone(), group)  # type: ignore[method-assign]

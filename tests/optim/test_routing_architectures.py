@@ -19,6 +19,8 @@ from torch import nn
 
 import normopt
 
+pytestmark = pytest.mark.integration  # Hugging Face models built from configs
+
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_common import CASES, IDS, Case, _build, _data, _train
+from optim_cases import CASES, IDS, Case, build_optimizer, mlp_data, train_steps
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 from torch.distributed.checkpoint.state_dict import (
@@ -46,7 +46,6 @@ import normopt
 from normopt import norms as N
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-BY_NAME = {c.name: c for c in CASES}
 # Rows that keep no state at all (steepest descent without momentum).
 STATELESS = {"sd-linf-normalized", "sd-modular"}
 
@@ -66,17 +65,8 @@ def _load_step_overhead() -> Any:
 so = _load_step_overhead()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread (much faster on 2 shared cores). Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- helpers -------------------------------------------------------------------------------
-def _mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
+def make_mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
     """test_common's MLP with repeated shapes, so that blocks hold several tensors: two
     (16, 16) weights (one stack), (16, 6) and (6, 16) (Muon merges a transposed pair), five
     biases (one flat block where the direction is entrywise)."""
@@ -141,8 +131,8 @@ def test_meta_step_completes(case):
     """On ``meta`` every host read raises (``.item()``, ``bool()``, ``.cpu()``): three steps
     that complete prove that the default step reads nothing back."""
     with torch.device("meta"):
-        model = _mlp()
-    opt = _build(case, model)
+        model = make_mlp()
+    opt = build_optimizer(case, model)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def set_grads():
@@ -160,7 +150,7 @@ def test_meta_step_completes(case):
 def test_meta_step_catches_a_host_read():
     """The check above can fail: ``nonfinite="raise"`` reads one flag per step."""
     with torch.device("meta"):
-        model = _mlp()
+        model = make_mlp()
     opt = normopt.Muon(model, nonfinite="raise")
     for p in model.parameters():
         p.grad = torch.empty_like(p)
@@ -207,6 +197,7 @@ def _small_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
+@pytest.mark.integration  # torch.compile / dynamo traces
 @pytest.mark.parametrize("warm", [False, True], ids=["fresh", "with-state"])
 @pytest.mark.parametrize("name", list(DYNAMO))
 def test_dynamo_sees_one_graph_per_step(name, warm, dynamo):
@@ -225,6 +216,7 @@ def test_dynamo_sees_one_graph_per_step(name, warm, dynamo):
 COMPILED = ["muon", "lion", "sd-spectral-momentum", "trust-region"]
 
 
+@pytest.mark.integration  # torch.compile / dynamo traces
 @pytest.mark.parametrize("name", COMPILED)
 def test_compiled_step_does_not_recompile_per_tensor_and_equals_eager(name, dynamo):
     """40 tensors of 9 shapes (GPT-2's layout, 3 blocks): 2 graphs (the first step creates
@@ -275,16 +267,18 @@ FOREACH_ROUNDS = {
     "lionk-nuclear",
     "sd-spectral-nesterov",
     "trust-region-frobenius",
+    "sd-spectral-groups",
+    "trust-region-spectral-groups",
 }
 FOREACH_ATOL = 1e-12
 
 
 def _run_foreach(case: Case, foreach: bool, steps: int = 8):
-    model = _mlp(torch.float64)
-    opt = _build(case, model)
+    model = make_mlp(torch.float64)
+    opt = build_optimizer(case, model)
     for g in opt.param_groups:
         g["foreach"] = foreach  # before the first step: blocks are planned then
-    _train(case, model, opt, steps)
+    train_steps(case, model, opt, steps)
     return model, opt
 
 
@@ -400,12 +394,12 @@ def test_a_scheduler_at_zero_freezes_every_weight(case):
     """``lr = 0``: decoupled decay ``(1 - lr wd) W`` and Frank-Wolfe's ``(1 - lr) W`` are
     ``W`` bit for bit. (TrustRegion's decay ``(1 - wd) W`` is not multiplied by ``lr``, by
     design: its rows here have ``weight_decay=0``.)"""
-    model = _mlp()
-    opt = _build(case, model)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.0)
     assert all(g["lr"] == 0.0 for g in opt.param_groups)
     before = _weights(model)
-    _train(case, model, opt, 4, sched)
+    train_steps(case, model, opt, 4, sched)
     _assert_same(_weights(model), before, "weight")
     assert (len(opt.state) == 0) == (case.name in STATELESS), "the steps ran"
 
@@ -418,16 +412,16 @@ def _as_tensor(lr: float, shape: str, dtype: torch.dtype) -> Tensor:
 def _run_lr(case: Case, dtype: torch.dtype, shape: str | None, at: int, steps: int = 6):
     """``steps`` steps with every group's float lr (rounded to a float32 value, so that a
     float32 tensor holds the same number), replaced by a float32 tensor after ``at``."""
-    model = _mlp(dtype)
-    opt = _build(case, model)
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
     for g in opt.param_groups:
         g["lr"] = float(torch.tensor(g["lr"], dtype=torch.float32))
     if at:
-        _train(case, model, opt, at)
+        train_steps(case, model, opt, at)
     if shape is not None:
         for g in opt.param_groups:
             g["lr"] = _as_tensor(g["lr"], shape, torch.float32)
-    _train(case, model, opt, steps - at)
+    train_steps(case, model, opt, steps - at)
     return _weights(model)
 
 
@@ -474,13 +468,13 @@ def test_tensor_lr_in_the_constructor_and_under_a_scheduler(name, shape):
     case = Case(name, lambda m: m, needs_closure=name == "mvr2")
     runs, lrs = [], []
     for tensor in (False, True):
-        model = _mlp()
+        model = make_mlp()
         lr: Any = _as_tensor(2.0**-6, shape, torch.float32) if tensor else 2.0**-6
         opt = TENSOR_CTORS[name](model, lr)
         assert all(isinstance(g["lr"], Tensor) == tensor for g in opt.param_groups)
         lr0 = [float(g["lr"]) for g in opt.param_groups]
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-        _train(case, model, opt, 5, sched)
+        train_steps(case, model, opt, 5, sched)
         runs.append(_weights(model))
         lrs.append([float(g["lr"]) for g in opt.param_groups])
         assert lrs[-1] == [lr / 4 for lr in lr0], "the scheduler reached every group"
@@ -494,9 +488,9 @@ def test_tensor_lr_in_the_constructor_and_under_a_scheduler(name, shape):
 def test_dcp_state_dict_round_trip_continues_bit_for_bit(case, api):
     """No process group is needed. The state dict holds references to the live state
     tensors (as torch's own optimizers' ``state_dict()`` does): it is deep-copied at once."""
-    model = _mlp()
-    opt = _build(case, model)
-    _train(case, model, opt, 3)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, 3)
     if api == "optimizer":
         osd = copy.deepcopy(get_optimizer_state_dict(model, opt))
         msd = copy.deepcopy(model.state_dict())
@@ -504,18 +498,18 @@ def test_dcp_state_dict_round_trip_continues_bit_for_bit(case, api):
         msd, osd = copy.deepcopy(get_state_dict(model, opt))
     assert all(isinstance(k, str) for k in osd["state"]), "keyed by parameter names"
     assert all(g["normopt_optimizer"] == type(opt).__name__ for g in osd["param_groups"])
-    _train(case, model, opt, 4)
+    train_steps(case, model, opt, 4)
     after = _weights(model)
     state_after = _state(opt, model)
 
-    model2 = _mlp()
-    opt2 = _build(case, model2)
+    model2 = make_mlp()
+    opt2 = build_optimizer(case, model2)
     if api == "optimizer":
         model2.load_state_dict(msd)
         set_optimizer_state_dict(model2, opt2, osd)
     else:
         set_state_dict(model2, opt2, model_state_dict=msd, optim_state_dict=osd)
-    _train(case, model2, opt2, 4)
+    train_steps(case, model2, opt2, 4)
     _assert_same(_weights(model2), after, "weight")
     _assert_same_state(_state(opt2, model2), state_after, 0.0)
 
@@ -558,16 +552,16 @@ TR_DECAY_BUG = pytest.param(
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in DCP_FRESH] + [TR_DECAY_BUG])
 def test_dcp_state_dict_of_a_fresh_optimizer_moves_no_weight(case):
     """DCP initializes a fresh optimizer's state with one step of zero gradients at lr 0."""
-    model = _mlp()
-    opt = _build(case, model)
+    model = make_mlp()
+    opt = build_optimizer(case, model)
     before = _weights(model)
     osd = copy.deepcopy(get_optimizer_state_dict(model, opt))
     _assert_same(_weights(model), before, "weight")
     assert all(p.grad is None for p in model.parameters())
     assert [g["lr"] for g in osd["param_groups"]] == [g["lr"] for g in opt.param_groups]
     # and loading it into another fresh optimizer moves nothing either
-    model2 = _mlp()
-    opt2 = _build(case, model2)
+    model2 = make_mlp()
+    opt2 = build_optimizer(case, model2)
     set_optimizer_state_dict(model2, opt2, osd)
     _assert_same(_weights(model2), before, "weight")
 
@@ -620,20 +614,20 @@ def test_a_normopt_0_1_checkpoint_loads_and_continues():
         adamw_weight_decay=0.01,
         nonfinite="raise",
     )
-    model = _mlp()
+    model = make_mlp()
     opt = normopt.Muon(model, **kwargs)
     case = Case("muon", lambda m: m)
-    _train(case, model, opt, 3)
+    train_steps(case, model, opt, 3)
     new = copy.deepcopy(opt.state_dict())
     old = _old_format(new, kwargs["lr"], kwargs["weight_decay"])
     old = torch.load(_saved(old), weights_only=True)
     msd = copy.deepcopy(model.state_dict())
-    _train(case, model, opt, 4)
+    train_steps(case, model, opt, 4)
     after = _weights(model)
 
     runs = []
     for sd in (old, new):
-        model2 = _mlp()
+        model2 = make_mlp()
         model2.load_state_dict(msd)
         opt2 = normopt.Muon(
             model2, lr=0.02, weight_decay=0.05, nonfinite="raise"
@@ -654,7 +648,7 @@ def test_a_normopt_0_1_checkpoint_loads_and_continues():
                 assert (g["lr"], g["weight_decay"]) == (0.02, 0.05)
         steps = [st["step"] for st in opt2.state.values() if "step" in st]
         assert steps and all(isinstance(s, Tensor) and float(s) == 3.0 for s in steps)
-        _train(case, model2, opt2, 4)
+        train_steps(case, model2, opt2, 4)
         runs.append(_weights(model2))
     _assert_same(runs[0], runs[1], "weight (old format vs new)")
     _assert_same(runs[0], after, "weight (old format vs the uninterrupted run)")
@@ -682,16 +676,16 @@ def test_named_and_unnamed_params_do_not_mix():
 
 
 def test_steepest_descent_without_momentum_keeps_no_state():
-    model = _mlp()
+    model = make_mlp()
     opt = normopt.SteepestDescent(model.parameters(), norm=N.LInf(), lr=1e-3, momentum=0.0)
     before = _weights(model)
-    _train(Case("sd", lambda p: p), model, opt, 3)
+    train_steps(Case("sd", lambda p: p), model, opt, 3)
     assert len(opt.state) == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_add_param_group_on_a_model_built_muon():
-    model = _mlp()
+    model = make_mlp()
     opt = normopt.Muon(model, lr=0.02, adamw_lr=1e-2)
     n0 = len(opt.param_groups)
     mat, vec = nn.Parameter(torch.randn(4, 5)), nn.Parameter(torch.randn(5))
@@ -716,7 +710,7 @@ def test_add_param_group_on_a_model_built_muon():
     assert [g["lr"] for g in added] == [0.02, 1e-2] * 3
     new = [mat, vec, mat2, vec2, named_mat, named_vec]
     before = [p.detach().clone() for p in new]
-    _train(Case("muon", lambda m: m), model, opt, 1)  # the model's own parameters too
+    train_steps(Case("muon", lambda m: m), model, opt, 1)  # the model's own parameters too
     for p in new:
         p.grad = torch.randn_like(p)
     opt.step()
@@ -726,9 +720,9 @@ def test_add_param_group_on_a_model_built_muon():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_skipped_steps_counts_a_nan_step_and_only_it(case):
-    model = _mlp()
-    opt = _build(case, model)
-    x, y = _data()
+    model = make_mlp()
+    opt = build_optimizer(case, model)
+    x, y = mlp_data()
     counts, moved = [], []
     for poison in (False, True, False):
 

@@ -7,7 +7,6 @@ import json
 import sys
 from typing import Any
 
-from normopt import norms as N
 from normopt._checks import check_number
 from normopt.theory import constants, kovalev_schedule
 
@@ -33,8 +32,7 @@ def table(
     """The numbers ``normopt theory`` prints, as a plain dict (the ``--json`` output)."""
     cols: list[dict[str, Any]] = []
     for name in norm_names:
-        norm = N.get(name)
-        c = constants(norm, shape, Lf)
+        c = constants(name, shape, Lf)
         s = kovalev_schedule(eps, c.L, c.rho, sigma, delta0)
         cols.append(
             {

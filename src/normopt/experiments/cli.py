@@ -112,8 +112,7 @@ def _list(stream: Any = None) -> int:
         )
     print("\noptimizers:", file=out)
     for o in OPTIMIZERS.values():
-        missing = "" if o.available() else f"  [needs normopt.{o.requires}: not installed]"
-        print(f"  {o.name:12s} {o.summary}{missing}", file=out)
+        print(f"  {o.name:12s} {o.summary}", file=out)
     return 0
 
 

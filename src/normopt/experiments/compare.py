@@ -51,7 +51,8 @@ def _run_all(
     cfg: TrainConfig, plan: Sequence[tuple[str, float, int]], quiet: bool
 ) -> tuple[list[RunResult], torch.device, Problem]:
     """Train every (optimizer, lr, seed) of ``plan`` on one loaded problem."""
-    assert cfg.steps is not None
+    if cfg.steps is None:
+        raise ValueError("cfg: resolve() it first (steps must be set)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -110,7 +111,8 @@ def _run_pool(
     import concurrent.futures
     import multiprocessing
 
-    assert cfg.steps is not None
+    if cfg.steps is None:
+        raise ValueError("cfg: resolve() it first (steps must be set)")
     # the optimizers of the plan only, each at a learning rate it has in the plan
     lrs = {opt: lr for opt, lr, _ in plan}
     worker_cfg = dataclasses.replace(cfg, optimizers=tuple(lrs), lr={**cfg.lr, **lrs})
@@ -206,7 +208,7 @@ def run_compare(cfg: CompareConfig, quiet: bool = False) -> dict[str, Any]:
     if cfg.tune:
         from normopt.experiments.tune import search_lrs
 
-        record, done = search_lrs(cfg, quiet)
+        record, done = search_lrs(cfg, _run_all, quiet)
         tuning = {"seeds": cfg.tune_seeds or cfg.seeds, "optimizers": record}
         cfg = dataclasses.replace(
             cfg, lr={**cfg.lr, **{opt: rec["best_lr"] for opt, rec in record.items()}}

@@ -9,24 +9,32 @@ so a hybrid (Muon on hidden matrices plus AdamW on the rest) is one entry. Add y
     def _muon_sgd(model, lr, cfg):
         hidden, other = split_params(model, max_ndim=2)
         return [torch.optim.Muon(hidden, lr=lr), torch.optim.SGD(other, lr=0.1)]
-
-Entries backed by normopt's own optimizers import normopt lazily, inside the factory,
-and name the attribute they need (``requires``): the registry loads even where an
-optimizer is not there yet, and asking for it gives a clear error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-if TYPE_CHECKING:
-    from normopt.experiments.config import TrainConfig
+
+class TrainConfig(Protocol):
+    """What a factory reads of the run's :class:`normopt.experiments.config.TrainConfig`.
+
+    A protocol, not an import: config imports this registry to check optimizer names, so
+    the registry does not import config.
+    """
+
+    @property
+    def weight_decay(self) -> float: ...
+
+    @property
+    def adamw_lr(self) -> float | None: ...
+
 
 Factory = Callable[[nn.Module, float, "TrainConfig"], "Optimizer | Sequence[Optimizer]"]
 
@@ -41,45 +49,25 @@ class OptimizerSpec:
     factory: Factory
     lr: float  # fallback learning rate for tasks without a tuned one
     summary: str
-    requires: str | None = None  # attribute of the normopt package the factory needs
-
-    def available(self) -> bool:
-        if self.requires is None:
-            return True
-        import normopt
-
-        return hasattr(normopt, self.requires)
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
 
 
-def register_optimizer(
-    name: str, *, lr: float, summary: str, requires: str | None = None
-) -> Callable[[Factory], Factory]:
+def register_optimizer(name: str, *, lr: float, summary: str) -> Callable[[Factory], Factory]:
     """Decorator: add ``factory(model, lr, cfg) -> Optimizer | list[Optimizer]`` as ``name``."""
 
     def deco(factory: Factory) -> Factory:
-        OPTIMIZERS[name] = OptimizerSpec(name, factory, lr, summary, requires)
+        OPTIMIZERS[name] = OptimizerSpec(name, factory, lr, summary)
         return factory
 
     return deco
 
 
 def check_optimizer(name: str) -> None:
-    """ValueError unless ``name`` is registered and its backing optimizer exists."""
+    """ValueError unless ``name`` is registered."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    spec = OPTIMIZERS[name]
-    if not spec.available():
-        raise ValueError(
-            f"optimizer {name!r} needs normopt.{spec.requires}, which this installation of "
-            f"normopt does not have; available: {', '.join(available_optimizers())}"
-        )
-
-
-def available_optimizers() -> list[str]:
-    return [n for n, s in OPTIMIZERS.items() if s.available()]
 
 
 def build_optimizers(name: str, model: nn.Module, lr: float, cfg: TrainConfig) -> list[Optimizer]:
@@ -167,7 +155,6 @@ def _sgd(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     "muon",
     lr=0.02,
     summary="normopt.Muon(model): routes every tensor itself (AdamW part at adamw_lr)",
-    requires="Muon",
 )
 def _muon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt
@@ -181,7 +168,6 @@ def _muon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     "normuon",
     lr=0.02,
     summary="normopt.NorMuon(model): Muon + neuron-wise second moment, beta2 0.95 (arXiv 2510.05491)",
-    requires="NorMuon",
 )
 def _normuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt
@@ -196,7 +182,6 @@ def _normuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     lr=0.02,
     summary="normopt.AdaMuon(model): Muon + entrywise second moment, update RMS 0.2 lr "
     "(arXiv 2507.11005)",
-    requires="AdaMuon",
 )
 def _adamuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt
@@ -225,7 +210,6 @@ def _head_count(model: nn.Module) -> int | None:
     lr=0.02,
     summary="normopt.Muon with per-head orthogonalization of fused qkv weights (num_heads), "
     "the rest as muon",
-    requires="Muon",
 )
 def _muon_heads(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt
@@ -242,9 +226,7 @@ def _muon_heads(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     )
 
 
-@register_optimizer(
-    "lion", lr=1e-4, summary="normopt.Lion on every tensor, betas (0.9, 0.99)", requires="Lion"
-)
+@register_optimizer("lion", lr=1e-4, summary="normopt.Lion on every tensor, betas (0.9, 0.99)")
 def _lion(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt
 
@@ -257,7 +239,6 @@ def _lion(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     "sign",
     lr=1e-3,
     summary="normopt.SteepestDescent under l-inf, normalized: sign of Nesterov momentum 0.9",
-    requires="SteepestDescent",
 )
 def _sign(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     import normopt

@@ -195,13 +195,15 @@ def _round(lr: float) -> float:
 
 
 def search_lrs(
-    cfg: CompareConfig, quiet: bool = False
+    cfg: CompareConfig, run_all: Callable[..., Any], quiet: bool = False
 ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float, int], RunResult]]:
-    """Run the search on ``cfg`` (resolved). Returns the record per optimizer and the
-    last rung's full-budget runs by (optimizer, lr, seed), for the comparison to reuse."""
-    from normopt.experiments.compare import _run_all  # compare imports this module lazily
-
-    assert cfg.steps is not None and cfg.eval_every is not None
+    """Run the search on ``cfg`` (resolved), training with ``run_all`` (compare's
+    ``_run_all``: passed in, so that this module does not import compare, which imports
+    it). Returns the record per optimizer and the last rung's full-budget runs by
+    (optimizer, lr, seed), for the comparison to reuse."""
+    _run_all = run_all
+    if cfg.steps is None or cfg.eval_every is None:
+        raise ValueError("cfg: resolve() it first (steps and eval_every must be set)")
     seeds = cfg.tune_seeds or cfg.seeds
     lengths = rung_steps(cfg.steps, cfg.tune_rungs)
     full: dict[tuple[str, float, int], RunResult] = {}

@@ -18,10 +18,10 @@ from normopt._checks import check_int
 from normopt.kernels.dispatch import BACKENDS, select_backend
 from normopt.kernels.newton_schulz import quintic_polar
 from normopt.linalg.polar import (
-    _DEFAULT_SCHEDULE,
-    _DEFAULT_STEPS,
+    DEFAULT_SCHEDULE,
+    DEFAULT_STEPS,
     CoefficientSchedule,
-    _check_matrix,
+    check_matrix,
     get_schedule,
 )
 from normopt.linalg.polar import polar as polar_reference
@@ -78,16 +78,16 @@ def polar(
         return polar_reference(
             G, method, steps, coefficients=coefficients, compute_dtype=compute_dtype
         )
-    G = _check_matrix(G)
+    G = check_matrix(G)
     name = select_backend(G.device) if backend in (None, "auto") else str(backend)
     if name == "reference":
         return polar_reference(
             G, method, steps, coefficients=coefficients, compute_dtype=compute_dtype
         )
     # The checks of normopt.linalg.newton_schulz, in its order, so that errors match.
-    n_steps = _DEFAULT_STEPS[method] if steps is None else steps
+    n_steps = DEFAULT_STEPS[method] if steps is None else steps
     check_int("steps", n_steps, 1)
-    sched = get_schedule(_DEFAULT_SCHEDULE[method] if coefficients is None else coefficients)
+    sched = get_schedule(DEFAULT_SCHEDULE[method] if coefficients is None else coefficients)
     if sched.precondition != "frobenius":  # the fast paths normalize by ||G||_F only
         return polar_reference(
             G, method, steps, coefficients=coefficients, compute_dtype=compute_dtype

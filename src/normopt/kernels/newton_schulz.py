@@ -2,7 +2,8 @@
 
 All four compute the same map as :func:`normopt.linalg.newton_schulz` with a
 given per-step coefficient list ``[(a, b, c), ...]``: cast to the compute dtype,
-transpose if tall, ``X <- X / (||X||_F * norm_scale + eps)``, then per step
+transpose if tall, ``X <- X / max(||X||_F * norm_scale, eps)``
+(:func:`normopt.linalg.polar.normalize_frobenius`), then per step
 ``A = X X^T; X <- a X + (b A + c A^2) X``.
 
 - :func:`quintic_reference`: plain torch ops in the order of
@@ -30,15 +31,21 @@ import itertools
 import os
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from normopt._checks import at_least_float32
+from normopt.kernels.coefficients import Coefficients, check_coefficients
 from normopt.kernels.dispatch import BACKENDS, select_backend
-from normopt.linalg.polar import CoefficientSchedule, _compute_dtype, _normalize, newton_schulz
+from normopt.linalg.polar import (
+    CoefficientSchedule,
+    default_compute_dtype,
+    newton_schulz,
+    normalize_frobenius,
+)
 
 __all__ = [
     "Coefficients",
@@ -51,22 +58,6 @@ __all__ = [
     "quintic_reference",
 ]
 
-Coefficients = Sequence[tuple[float, float, float]]
-
-
-def _check(G: Tensor, coefficients: Coefficients) -> tuple[tuple[float, float, float], ...]:
-    if not isinstance(G, Tensor) or not G.is_floating_point() or G.ndim < 2:
-        raise TypeError("G: expected a floating-point tensor with ndim >= 2")
-    coeffs = tuple((float(a), float(b), float(c)) for a, b, c in coefficients)
-    if not coeffs:
-        raise ValueError("coefficients: expected at least one (a, b, c) triple (one per step)")
-    return coeffs
-
-
-def default_compute_dtype(G: Tensor, compute_dtype: torch.dtype | None = None) -> torch.dtype:
-    """bf16 on CUDA, else float32 (float64 kept): the rule of :func:`normopt.linalg.polar`."""
-    return _compute_dtype(G, compute_dtype)
-
 
 # -- the reference ---------------------------------------------------------------------------
 def quintic_reference(
@@ -78,7 +69,7 @@ def quintic_reference(
 ) -> Tensor:
     """The quintic iteration in plain torch ops, one step per coefficient triple (the reference):
     :func:`normopt.linalg.newton_schulz` itself, with these coefficients."""
-    coeffs = _check(G, coefficients)
+    coeffs = check_coefficients(G, coefficients)
     schedule = CoefficientSchedule("custom", coeffs, norm_scale=norm_scale)
     return newton_schulz(G, len(coeffs), schedule, compute_dtype, eps)
 
@@ -94,7 +85,7 @@ def _fused_body(
     # G: (B, r, c), any orientation. Normalize in the input's precision (>= float32): the
     # momentum is float32 anyway, and one rounding to the compute dtype follows.
     work = G.to(at_least_float32(G.dtype))
-    X = _normalize(work, norm_scale, eps).to(compute_dtype)
+    X = normalize_frobenius(work, norm_scale, eps).to(compute_dtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT  # (B, m, n), m <= n
@@ -115,7 +106,7 @@ def quintic_fused(
     compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """The quintic iteration with ``baddbmm``: three GEMMs, no elementwise pass, per step."""
-    coeffs = _check(G, coefficients)
+    coeffs = check_coefficients(G, coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
     G3 = G if G.ndim == 3 else G.reshape(-1, *G.shape[-2:])  # (B, r, c)
@@ -174,7 +165,7 @@ def quintic_compiled(
     If compiling or the compiled call fails, the eager :func:`quintic_fused` runs
     instead (one warning per key, and that key is never compiled again).
     """
-    coeffs = _check(G, coefficients)
+    coeffs = check_coefficients(G, coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
     cdtype = default_compute_dtype(G, compute_dtype)
@@ -230,7 +221,7 @@ def quintic_polar(
         G: a matrix ``(m, n)`` or a batch ``(..., m, n)``.
         coefficients: one ``(a, b, c)`` per step (e.g. ``get_schedule(name).at(i)``
             for ``i < steps``).
-        norm_scale, eps: the normalization ``X / (||X||_F * norm_scale + eps)``.
+        norm_scale, eps: the normalization ``X / max(||X||_F * norm_scale, eps)``.
         compute_dtype: the iteration's dtype (default bf16 on CUDA, else float32).
         backend: one of :data:`normopt.kernels.BACKENDS`, or ``None``/``"auto"``
             for :func:`normopt.kernels.select_backend`.

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from normopt._checks import at_least_float32
-from normopt.kernels.newton_schulz import Coefficients, _check, _normalize, default_compute_dtype
+from normopt.kernels.coefficients import Coefficients, check_coefficients
+from normopt.linalg.polar import default_compute_dtype, normalize_frobenius
 
 __all__ = [
     "available",
@@ -175,13 +176,13 @@ def quintic_triton(
     Same map as :func:`normopt.kernels.quintic_fused` (normalization in the input's
     precision, then the compute dtype, which must be fp16, bf16 or fp32).
     """
-    coeffs = _check(G, coefficients)
+    coeffs = check_coefficients(G, coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
     cdtype = default_compute_dtype(G, compute_dtype)
     G3 = G.reshape(-1, *G.shape[-2:])  # (B, r, c)
     work = G3.to(at_least_float32(G3.dtype))
-    X = _normalize(work, norm_scale, eps).to(cdtype)
+    X = normalize_frobenius(work, norm_scale, eps).to(cdtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT

@@ -42,18 +42,24 @@ from normopt._checks import (
     check_int,
     check_optional_int,
     check_polar_method,
+    check_real_tensor,
 )
 
 __all__ = [
+    "DEFAULT_SCHEDULE",
+    "DEFAULT_STEPS",
     "POLAR_METHODS",
     "SCHEDULES",
     "CoefficientSchedule",
     "get_schedule",
     "newton_schulz",
     "gram_newton_schulz",
+    "default_compute_dtype",
+    "normalize_frobenius",
     "polar",
     "polar_svd",
     "polar_flops",
+    "check_matrix",
 ]
 
 
@@ -198,24 +204,19 @@ def get_schedule(name: str | CoefficientSchedule) -> CoefficientSchedule:
         ) from None
 
 
-# Default number of steps per method.
-_DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "gram_newton_schulz": 5}
-_DEFAULT_SCHEDULE = {
+# Each method's default number of steps and coefficient schedule (kernels.polar reads them).
+DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "gram_newton_schulz": 5}
+DEFAULT_SCHEDULE = {
     "newton_schulz": "jordan",
     "polar_express": "polar_express",
     "gram_newton_schulz": "polar_express",
 }
 
 
-def _check_matrix(G: object, name: str = "G") -> Tensor:
-    if not isinstance(G, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(G).__name__}")
-    if G.is_complex():
-        raise TypeError(f"{name}: complex tensors are not supported (dtype {G.dtype})")
-    if not G.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {G.dtype}")
-    if G.is_sparse:
-        raise TypeError(f"{name}: sparse tensors are not supported; call .to_dense() first")
+def check_matrix(G: object, name: str = "G") -> Tensor:
+    """``G`` if it is a dense real floating-point matrix or batch of matrices, else the error
+    naming ``name``."""
+    G = check_real_tensor(name, G)
     if G.ndim < 2:
         raise ValueError(
             f"{name}: expected a matrix or a batch of matrices (ndim >= 2), got shape {tuple(G.shape)}"
@@ -233,7 +234,7 @@ def polar_svd(G: Tensor) -> Tensor:
     to ``dtype`` can add (so the polar factor of a float32 rank-one matrix is
     rank one, not a rank-one part plus orthogonalized round-off).
     """
-    G = _check_matrix(G)
+    G = check_matrix(G)
     if G.numel() == 0:
         return torch.zeros_like(G)
     X = G.to(torch.float64)
@@ -251,7 +252,9 @@ def polar_svd(G: Tensor) -> Tensor:
     return out.to(G.dtype)
 
 
-def _compute_dtype(G: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
+def default_compute_dtype(G: Tensor, compute_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype the iterations run in: ``compute_dtype`` if given, else bf16 on CUDA and at
+    least float32 elsewhere (float64 stays float64)."""
     if compute_dtype is not None:
         return compute_dtype
     if G.device.type == "cuda":
@@ -260,7 +263,12 @@ def _compute_dtype(G: Tensor, compute_dtype: torch.dtype | None) -> torch.dtype:
     return at_least_float32(G.dtype)
 
 
-def _normalize(X: Tensor, scale: float, eps: float) -> Tensor:
+def normalize_frobenius(X: Tensor, scale: float = 1.0, eps: float = 1e-7) -> Tensor:
+    """``X / max(||X||_F * scale, eps)`` per matrix, the norm taken on ``X / max|X_ij|``.
+
+    The first step of every Newton-Schulz iteration here: it puts the singular values in
+    ``(0, 1 / scale]``. A zero matrix stays zero.
+    """
     # Divide by the max entry first so that ||X||_F cannot overflow (1e30 entries in
     # float32) or underflow (1e-30 entries); a zero matrix stays zero.
     amax = X.abs().amax(dim=(-2, -1), keepdim=True)
@@ -279,7 +287,7 @@ def _aol(X: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     it). ``||D X||_2 <= 1``: the spectral norm of ``D A D`` is at most its largest absolute
     row sum, which is at most 1."""
     amax = X.abs().amax(dim=(-2, -1), keepdim=True)
-    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)  # overflow-safe, as _normalize
+    X = X / amax.clamp_min(torch.finfo(X.dtype).tiny)  # overflow-safe, as normalize_frobenius
     A = X @ X.mT  # (..., m, m)
     d = A.abs().sum(dim=-1).clamp_min(eps).rsqrt()  # (..., m); a zero row stays zero
     return X * d.unsqueeze(-1), A * d.unsqueeze(-1) * d.unsqueeze(-2)
@@ -303,14 +311,15 @@ def newton_schulz(
         coefficients: a name from :data:`SCHEDULES` or a schedule.
         compute_dtype: dtype of the iteration; default bf16 on CUDA, otherwise
             float32 (float64 stays float64).
-        eps: added to the Frobenius norm before dividing.
+        eps: a floor on the divisor ``||X||_F * norm_scale`` of the first normalization
+            (:func:`normalize_frobenius`); it only guards a zero matrix.
     """
-    G = _check_matrix(G)
+    G = check_matrix(G)
     check_int("steps", steps, 1)
     sched = get_schedule(coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
-    X = G.to(_compute_dtype(G, compute_dtype))
+    X = G.to(default_compute_dtype(G, compute_dtype))
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT
@@ -318,7 +327,7 @@ def newton_schulz(
     if sched.precondition == "aol":
         X, A0 = _aol(X, eps)
     else:
-        X = _normalize(X, sched.norm_scale, eps)
+        X = normalize_frobenius(X, sched.norm_scale, eps)
     for i in range(steps):
         a, b, c = sched.at(i)
         A = X @ X.mT if A0 is None or i else A0  # (..., m, m), m <= n
@@ -354,13 +363,13 @@ def gram_newton_schulz(
 
     Mathematically it equals :func:`newton_schulz` with the same schedule.
     """
-    G = _check_matrix(G)
+    G = check_matrix(G)
     check_int("steps", steps, 1)
     check_optional_int("restart_after", restart_after, 1)
     sched = get_schedule(coefficients)
     if G.numel() == 0:
         return torch.zeros_like(G)
-    dtype = _compute_dtype(G, compute_dtype)
+    dtype = default_compute_dtype(G, compute_dtype)
     gram_dtype = at_least_float32(dtype)
     X = G.to(dtype)
     transposed = X.shape[-2] > X.shape[-1]
@@ -369,7 +378,7 @@ def gram_newton_schulz(
     if sched.precondition == "aol":
         X, _ = _aol(X, eps)  # R is formed below in the Gram dtype
     else:
-        X = _normalize(X, sched.norm_scale, eps)
+        X = normalize_frobenius(X, sched.norm_scale, eps)
     m = X.shape[-2]
     eye = torch.eye(m, dtype=gram_dtype, device=X.device)
     Xg = X.to(gram_dtype)
@@ -430,8 +439,8 @@ def polar(
         if steps is not None:
             raise ValueError("steps: the 'svd' method is exact and takes no step count")
         return polar_svd(G)
-    n_steps = _DEFAULT_STEPS[method] if steps is None else steps
-    sched = coefficients if coefficients is not None else _DEFAULT_SCHEDULE[method]
+    n_steps = DEFAULT_STEPS[method] if steps is None else steps
+    sched = coefficients if coefficients is not None else DEFAULT_SCHEDULE[method]
     if method == "gram_newton_schulz":
         return gram_newton_schulz(G, n_steps, sched, compute_dtype)
     return newton_schulz(G, n_steps, sched, compute_dtype)

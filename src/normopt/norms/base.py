@@ -1,15 +1,24 @@
-"""The Norm interface and the registry that maps names to norm classes."""
+"""The two interfaces of the catalog and the registry that maps names to their classes.
+
+- :class:`Norm`: a norm on one parameter tensor (batched over leading dims).
+- :class:`ProductNorm`: a norm on a sequence of tensors, one per block, built from one norm
+  per block (the modular norm over a model's layers, SPEC A2). Its methods take and return
+  sequences where :class:`Norm`'s take tensors, and it has no ``fit``: no single parameter
+  carries it.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["Norm", "register", "get", "names", "from_spec"]
+from normopt._checks import check_number
+
+__all__ = ["Norm", "ProductNorm", "AnyNorm", "register", "get", "names", "from_spec"]
 
 
 class Norm:
@@ -98,8 +107,89 @@ class Norm:
         return type(self) is type(other) and self._kwargs() == other._kwargs()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        # kwargs may hold nested specs (dicts, lists): Transposed, Modular
+        # kwargs may hold a nested spec (a dict): Transposed
         return hash((type(self).__name__, _freeze(self._kwargs())))
+
+
+class ProductNorm:
+    """A norm on a sequence of tensors, one per block: ``norms[l]`` measures block ``l``,
+    weighted by ``scales[l] > 0`` (SPEC A2, arXiv 2409.20325 Prop. 7).
+
+    Subclasses implement ``norm(xs)``, ``dual_norm(gs)``, ``dualize(gs)`` (a list, one
+    tensor per block), ``dual()`` and ``rho(shapes)`` (one shape per block), with the
+    identities of :class:`Norm`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        norms: Sequence[Norm | str | dict[str, Any]],
+        scales: Sequence[float] | None = None,
+    ) -> None:
+        if isinstance(norms, Norm | ProductNorm | str | dict) or len(norms) == 0:
+            raise ValueError("norms: expected a non-empty sequence of norms, one per block")
+        self.norms: list[Norm] = []
+        for i, spec in enumerate(norms):
+            block = from_spec(spec)
+            if not isinstance(block, Norm):
+                raise ValueError(
+                    f"norms: block {i} is {block!r}, a product norm; each block is one tensor "
+                    "and takes a Norm"
+                )
+            self.norms.append(block)
+        if scales is None:
+            scales = [1.0] * len(self.norms)
+        scales = [float(s) for s in scales]
+        if len(scales) != len(self.norms):
+            raise ValueError(
+                f"scales: expected {len(self.norms)} scales (one per block), got {len(scales)}"
+            )
+        self.scales = [check_number("scales", s, 0.0, low_open=True) for s in scales]
+
+    # -- the interface -------------------------------------------------------------
+    def norm(self, xs: Sequence[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:
+        raise NotImplementedError
+
+    def dual(self) -> ProductNorm:
+        raise NotImplementedError
+
+    def rho(self, shapes: Sequence[Sequence[int]]) -> float:
+        """Smallest ``rho`` with ``dual_norm(x) <= rho * ||x||_F`` (all blocks together)."""
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        """``{"name": ..., "norms": [spec, ...], "scales": [...]}``: plain Python."""
+        return {"name": self.name, **self._kwargs()}
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"norms": [n.spec() for n in self.norms], "scales": list(self.scales)}
+
+    def _check(self, xs: Sequence[Tensor]) -> None:
+        if isinstance(xs, Tensor) or len(xs) != len(self.norms):
+            raise ValueError(
+                f"x: {type(self).__name__} acts on a sequence of {len(self.norms)} tensors, one per block"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.norms!r}, scales={self.scales!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._kwargs() == other._kwargs()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(map(repr, self.norms)), tuple(self.scales)))
+
+
+AnyNorm = Norm | ProductNorm
+"""What the registry builds: a norm on one tensor or a product norm over several."""
 
 
 def _freeze(value: Any) -> Any:
@@ -111,8 +201,8 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-_REGISTRY: dict[str, type[Norm]] = {}
-N = TypeVar("N", bound=type[Norm])
+_REGISTRY: dict[str, type[Norm] | type[ProductNorm]] = {}
+N = TypeVar("N", bound=type[Norm] | type[ProductNorm])
 
 
 def register(cls: N) -> N:
@@ -128,9 +218,9 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **kwargs: Any) -> Norm:
+def get(name: str, **kwargs: Any) -> AnyNorm:
     """Build a norm from its registry name and arguments: ``get("schatten", p=4)``."""
-    if isinstance(name, Norm):
+    if isinstance(name, Norm | ProductNorm):
         return name
     if not isinstance(name, str):
         raise TypeError(f"name: expected a norm name (str), got {type(name).__name__}")
@@ -144,26 +234,14 @@ def get(name: str, **kwargs: Any) -> Norm:
         raise TypeError(f"norm {name!r}: {e}") from None
 
 
-def from_spec(spec: dict[str, Any] | str | Norm) -> Norm:
+def from_spec(spec: dict[str, Any] | str | AnyNorm) -> AnyNorm:
     """Inverse of :meth:`Norm.spec`; also accepts a bare name or a Norm."""
-    if isinstance(spec, Norm):
+    if isinstance(spec, Norm | ProductNorm):
         return spec
     if isinstance(spec, str):
         return get(spec)
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"spec: expected a dict with a 'name' key, got {spec!r}")
+    # nested specs (Transposed's inner, Modular's norms) are read by those classes themselves
     kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if "norms" in kwargs:  # Modular: nested specs
-        kwargs["norms"] = [from_spec(s) for s in kwargs["norms"]]
-    inner = kwargs.get("inner")
-    if isinstance(inner, dict):
-        kwargs["inner"] = from_spec(inner)
     return get(spec["name"], **kwargs)
-
-
-def safe_div(x: Tensor, d: Tensor) -> Tensor:
-    """``x / d`` with 0 where ``d == 0`` (the dualize of a zero gradient is zero)."""
-    return torch.where(d > 0, x / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(x))
-
-
-Reduce = Callable[[Tensor], Tensor]

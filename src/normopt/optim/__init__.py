@@ -1,8 +1,9 @@
 """torch.optim optimizers built from the norm catalog, and parameter routing."""
 
+from normopt.norms import HuberNuclear
 from normopt.optim.base import NonFiniteGradientError, NonFiniteUpdateError, NormOptimizer
 from normopt.optim.family import AdaMuon, NorMuon
-from normopt.optim.lion import HuberNuclear, Lion, LionK, gradient_of_K
+from normopt.optim.lion import Lion, LionK, gradient_of_K
 from normopt.optim.muon import ADJUST_LR, Muon, adjust_lr_factor
 from normopt.optim.mvr import MuonMVR2
 from normopt.optim.qk_clip import QKClip, max_logits, qk_clip_

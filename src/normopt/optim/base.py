@@ -64,13 +64,20 @@ class NonFiniteUpdateError(NonFiniteGradientError):
 
 
 def resolve_norm(name: str, spec: Any) -> Norm:
-    """``from_spec(spec)``, with errors that name the argument ``name`` (``norm``, ``K``)."""
+    """``from_spec(spec)``, with errors that name the argument ``name`` (``norm``, ``K``); a
+    product norm, which no one parameter carries, is refused."""
     try:
-        return from_spec(spec)
+        norm = from_spec(spec)
     except (ValueError, TypeError) as e:
         msg = str(e)
         msg = msg[len("name: ") :] if msg.startswith("name: ") else msg
         raise type(e)(f"{name}: {msg}") from None
+    if not isinstance(norm, Norm):
+        raise ValueError(
+            f"{name}: {type(norm).__name__} spans several tensors; use "
+            "SteepestDescent(modular=True) with one norm per param group"
+        )
+    return norm
 
 
 def split_view(
@@ -263,7 +270,7 @@ class NormOptimizer(Optimizer):
                 f"nonfinite: expected one of {list(NONFINITE_POLICIES)}, got {nonfinite!r}"
             )
         params = _param_list(params)
-        self._norm_cache: dict[str, Norm] = {}
+        self._norm_cache: dict[str, Any] = {}  # built from group specs (norms, Lion-K's K)
         self._blocks: dict[int, tuple[tuple[Tensor, ...], list[Block]]] = {}
         self._skipped: Tensor | None = None
         self._last_masks: dict[Any, Mask] = {}
@@ -328,7 +335,7 @@ class NormOptimizer(Optimizer):
         key = repr(spec)
         norm = self._norm_cache.get(key)
         if norm is None:
-            norm = self._norm_cache[key] = from_spec(spec)
+            norm = self._norm_cache[key] = resolve_norm("norm", spec)
         return norm
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -4,56 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from normopt import kernels
 from normopt._checks import (
-    at_least_float32,
     check_betas,
     check_int,
     check_number,
     check_polar_method,
 )
-from normopt.norms import L1, Norm
+from normopt.norms import L1, HuberNuclear, Norm
 from normopt.optim import moves
 from normopt.optim.base import Block, NormOptimizer, resolve_norm, split_view
 from normopt.optim.moves import Mask
 
-__all__ = ["LionK", "Lion", "HuberNuclear", "gradient_of_K"]
-
-
-class HuberNuclear:
-    r"""The Huber-smoothed nuclear norm ``K(X) = sum_i h(s_i)``, ``h'(s) = min(s / delta, 1)``.
-
-    ``grad K(X) = U diag(min(s / delta, 1)) V^T``: Muon's polar factor with the
-    small singular values left proportional instead of blown up to 1. As
-    ``delta -> 0`` it becomes the nuclear norm (Lion-K = Muon). A spectral
-    function, so its gradient comes from one SVD (exact, at least float32).
-    """
-
-    name = "huber_nuclear"
-    ndim = 2
-
-    def __init__(self, delta: float) -> None:
-        self.delta = check_number("delta", delta, 0.0, float("inf"), low_open=True)
-
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "delta": self.delta}
-
-    def __repr__(self) -> str:
-        return f"HuberNuclear(delta={self.delta!r})"
-
-    def fit(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        from normopt.norms import Nuclear
-
-        return Nuclear().fit(shape)
-
-    def grad(self, v: Tensor) -> Tensor:
-        x = v.to(at_least_float32(v.dtype))
-        U, S, Vh = torch.linalg.svd(x, full_matrices=False)
-        w = torch.clamp(S / self.delta, max=1.0)
-        return ((U * w.unsqueeze(-2)) @ Vh).to(v.dtype)
+__all__ = ["LionK", "Lion", "gradient_of_K"]
 
 
 def _resolve_K(spec: Any) -> Norm | HuberNuclear:
@@ -116,7 +81,6 @@ class LionK(NormOptimizer):
         process_group: Any = None,
     ) -> None:
         K_obj = _resolve_K(K)
-        self._K_cache: dict[str, Norm | HuberNuclear] = {}
         defaults = dict(
             K=K_obj.spec(),
             lr=lr,
@@ -150,23 +114,19 @@ class LionK(NormOptimizer):
                     raise
                 raise ValueError("K: " + str(e)[len("norm: ") :]) from None
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_K_cache", {})
-
     def _K(self, group: dict[str, Any]) -> Norm | HuberNuclear:
-        key = repr(group["K"])
-        K = self._K_cache.get(key)
+        key = "K " + repr(group["K"])  # the base class's cache of built specs, keyed apart
+        K = self._norm_cache.get(key)
         if K is None:
-            K = self._K_cache[key] = _resolve_K(group["K"])
+            K = self._norm_cache[key] = _resolve_K(group["K"])
         return K
 
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         lead, rest = split_view(
             tuple(p.shape),
-            group.get("batch_dims", 0),
-            group.get("split", 1),
-            group.get("transposed", False),
+            group["batch_dims"],
+            group["split"],
+            group["transposed"],
         )
         return lead + self._K(group).fit(rest)
 

@@ -20,9 +20,9 @@ __all__ = ["SteepestDescent", "TrustRegion"]
 def _element(optimizer: NormOptimizer, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
     lead, rest = split_view(
         tuple(p.shape),
-        group.get("batch_dims", 0),
-        group.get("split", 1),
-        group.get("transposed", False),
+        group["batch_dims"],
+        group["split"],
+        group["transposed"],
     )
     return lead + optimizer._norm(group).fit(rest)
 

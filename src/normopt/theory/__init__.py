@@ -2,22 +2,13 @@
 
 - :func:`constants`, :func:`kovalev_schedule`, :func:`kovalev_bound`,
   :func:`lemma3_bound`: the numbers of SPEC A4 for a norm and a shape.
-- :func:`estimate_smoothness`, :func:`smoothness_of_step`,
-  :func:`estimate_noise`, :func:`effective_rho`: L, sigma and rho measured on
-  a real model and real data.
+- :func:`estimate_smoothness`, :func:`smoothness_of_step` (:mod:`~normopt.theory.smoothness`),
+  :func:`estimate_noise` (:mod:`~normopt.theory.noise`), :func:`effective_rho`
+  (:mod:`~normopt.theory.rho`): L, sigma and rho measured on a real model and real data.
 - :class:`SpectralNormMonitor`, :class:`ConstraintMonitor`,
   :class:`UpdateMonitor`: per-layer measurements to call in a training loop.
 """
 
-from normopt.theory.estimators import (
-    NoiseEstimate,
-    RhoEstimate,
-    SmoothnessEstimate,
-    effective_rho,
-    estimate_noise,
-    estimate_smoothness,
-    smoothness_of_step,
-)
 from normopt.theory.kovalev import (
     Constants,
     KovalevSchedule,
@@ -34,6 +25,9 @@ from normopt.theory.monitors import (
     UpdateMonitor,
     rows_of,
 )
+from normopt.theory.noise import NoiseEstimate, estimate_noise
+from normopt.theory.rho import RhoEstimate, effective_rho
+from normopt.theory.smoothness import SmoothnessEstimate, estimate_smoothness, smoothness_of_step
 
 __all__ = [
     "Constants",

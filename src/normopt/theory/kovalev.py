@@ -77,15 +77,15 @@ def constants(norm: Norm | str, shape: Sequence[int], Lf: float = 1.0) -> Consta
         >>> constants("max_entry", (768, 3072)).L
         2359296.0
     """
-    norm = get(norm) if isinstance(norm, str) else norm
-    if not isinstance(norm, Norm):
-        raise TypeError(f"norm: expected a Norm or a norm name, got {type(norm).__name__}")
+    built = get(norm) if isinstance(norm, str) else norm
+    if not isinstance(built, Norm):
+        raise TypeError(f"norm: expected a Norm or a norm name, got {type(built).__name__}")
     Lf = check_number("Lf", Lf, low_open=True)
     dims = tuple(int(s) for s in shape)
     if not dims or any(s < 1 for s in dims):
         raise ValueError(f"shape: expected positive sizes, got {tuple(shape)}")
-    rho = float(norm.rho(norm.fit(dims)))
-    return Constants(norm=repr(norm), shape=dims, rho=rho, Lf=Lf, L=Lf * rho * rho)
+    rho = float(built.rho(built.fit(dims)))
+    return Constants(norm=repr(built), shape=dims, rho=rho, Lf=Lf, L=Lf * rho * rho)
 
 
 # ---------------------------------------------------------------------------------

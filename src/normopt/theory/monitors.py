@@ -35,7 +35,7 @@ from torch import Tensor
 from normopt._checks import check_int, check_number
 from normopt.linalg import power_iteration
 from normopt.norms import Norm, RMSToRMS, Spectral
-from normopt.theory._params import Params, as_element, named_tensors, resolve_norms
+from normopt.theory.params import Params, as_element, named_tensors, resolve_norms
 
 __all__ = ["Monitor", "SpectralNormMonitor", "ConstraintMonitor", "UpdateMonitor"]
 

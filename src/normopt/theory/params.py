@@ -1,4 +1,14 @@
-"""Shared plumbing for estimators and monitors: named parameters and their norms."""
+"""What every theory tool takes: named parameters, the norm of each, the loss, gradients.
+
+The estimators (:mod:`~normopt.theory.smoothness`, :mod:`~normopt.theory.noise`,
+:mod:`~normopt.theory.rho`) take the parameters (:data:`Params`: a model, a
+``{name: tensor}`` mapping or ``(name, tensor)`` pairs), a loss callable (:data:`LossFn`)
+that returns a scalar loss tensor at the current parameters *without* calling ``backward``
+(gradients come from ``torch.autograd.grad``, so ``p.grad`` is never touched), and
+``norms`` (:data:`NormSpec`); parameters without a norm are left alone, and norms are
+evaluated in float64. For the whole model, layers are combined in the modular norm with
+unit scales (SPEC A2): ``||x|| = max_l ||x_l||_l``, dual ``sum_l ||g_l||_l,dual``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,9 @@ from normopt.norms import L2, Norm, Spectral
 
 Params = nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
 """A model, a ``{name: tensor}`` mapping, or ``(name, tensor)`` pairs."""
+
+LossFn = Callable[[], Tensor]
+"""A loss at the current parameters, as a scalar tensor, without ``backward`` called."""
 
 NormSpec = Norm | Mapping[str | Tensor, Norm] | Callable[[str, Tensor], Norm | None] | None
 """How to pick a norm per parameter: one norm for all, a mapping keyed by name or by the

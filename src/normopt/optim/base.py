@@ -439,8 +439,9 @@ class NormOptimizer(Optimizer):
             if owners:
                 mine[0] = ~torch.stack([f.to(dev) for f in finite]).all()
                 mine[1] = torch.stack([b.to(dev) for b in large]).any()
-            anywhere = distributed.agree(mine, self._consensus).cpu()  # one sync
-            if bool(anywhere[0]) and (not owners or bool(torch.stack(finite).all())):
+            # this rank's flags and every rank's, read back together: one sync
+            here, anywhere = torch.stack([mine, distributed.agree(mine, self._consensus)]).cpu()
+            if bool(anywhere[0]) and not bool(here[0]):
                 if any(g.get("nonfinite", "skip") == "raise" for g in self.param_groups):
                     raise NonFiniteGradientError(
                         "non-finite gradient (NaN or Inf) on another rank; the step was not "

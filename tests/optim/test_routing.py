@@ -194,14 +194,14 @@ def test_describe_reports_the_scale_the_optimizer_uses():
         for line in normopt.describe(model, optimizer=opt).splitlines()[2:]
         if line.strip() and not line.startswith("\n")
     }
-    # columns: name shape role optimizer norm... lr-scale (no notes on these rows)
-    assert rows["0.weight"][3] == "muon" and float(rows["0.weight"][-1]) == pytest.approx(0.8)
-    assert float(rows["2.weight"][-1]) == pytest.approx(0.8)
-    assert rows["0.bias"][3] == "adamw" and float(rows["0.bias"][-1]) == 1.0
+    # columns: name shape role optimizer norm... lr-scale decay (no notes on these rows)
+    assert rows["0.weight"][3] == "muon" and float(rows["0.weight"][-2]) == pytest.approx(0.8)
+    assert float(rows["2.weight"][-2]) == pytest.approx(0.8)
+    assert rows["0.bias"][3] == "adamw" and float(rows["0.bias"][-2]) == 1.0
     assert opt.lr_scale(model[0].weight) == pytest.approx(0.2 * 4)
     # without it, the preset's rule (Jordan's)
     plain = normopt.describe(model).splitlines()
-    assert float(next(r for r in plain if r.startswith("0.weight")).split()[-1]) == 2.0
+    assert float(next(r for r in plain if r.startswith("0.weight")).split()[-2]) == 2.0
 
 
 class Conv1D(nn.Module):

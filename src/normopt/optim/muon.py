@@ -115,7 +115,9 @@ class Muon(NormOptimizer):
     - ``"adamw"``: AdamW with the group's own ``lr``, ``betas``, ``eps`` and
       ``weight_decay`` (defaults from the ``adamw_*`` arguments), torch's fused
       kernel where the device has one (bit for bit ``torch.optim.AdamW(fused=True)``);
-      embeddings, the output head, gains and biases get it. Every scheduler and
+      embeddings, the output head, gains and biases get it. Routed from a model, gains
+      and biases get ``weight_decay=0`` (:func:`normopt.param_groups`' ``no_decay``;
+      ``normopt.Muon(normopt.param_groups(model, no_decay=()))`` decays them too). Every scheduler and
       framework that edits ``group["lr"]`` reaches these groups;
     - ``"norm"``: normalized steepest descent with Muon's momentum under the group's
       ``norm`` (``W <- (1 - lr wd) W - lr dualize(M)``).

@@ -71,7 +71,8 @@ along the expert dim.
 *preset*: ``"muon"`` (matrices to Muon, the rest to AdamW: K. Jordan's rule)
 or ``"modular"`` (a norm per role following modular duality, SPEC A2:
 Linear -> RMS->RMS, Embedding -> l1->RMS, conv -> the per-slice rule, head and router ->
-RMS->l-inf, vectors -> sign). :func:`describe` prints the table.
+RMS->l-inf, vectors -> sign); gains and biases get no weight decay (``no_decay``).
+:func:`describe` prints the table.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ from normopt.norms import (
 )
 from normopt.optim.base import split_view
 
-__all__ = ["Route", "classify", "param_groups", "describe", "ROLES", "PRESETS"]
+__all__ = ["Route", "classify", "param_groups", "describe", "ROLES", "PRESETS", "NO_DECAY"]
 
 ROLES = (
     "hidden",
@@ -110,6 +111,8 @@ ROLES = (
     "bias",
 )
 PRESETS = ("muon", "modular")
+# roles whose param groups get no weight decay by default (param_groups' no_decay)
+NO_DECAY = ("gain", "bias")
 _MATRIX_ROLES = ("hidden", "qkv", "conv", "experts")
 
 _NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -519,6 +522,7 @@ def param_groups(
     head: str | None = None,
     split_rules: dict[str, int | tuple[int, int]] | None = None,
     overrides: dict[str, str] | None = None,
+    no_decay: tuple[str, ...] = NO_DECAY,
     **group_options: Any,
 ) -> list[dict[str, Any]]:
     """Param groups for a model: one group per (optimizer, role, norm, split, batch dims,
@@ -530,12 +534,22 @@ def param_groups(
     ``(d_in, d_out)``) and ``role``.
     ``group_options`` are copied into every group.
 
+    ``no_decay``: the roles whose groups get ``weight_decay=0.0`` (default: norm gains
+    and biases, as Hugging Face's Trainer and most recipes do; embeddings and the head
+    are decayed). Chosen by measurement (BENCHMARKS.md, "Muon's AdamW part: lr and
+    decay"); ``no_decay=()`` decays every tensor at its group's ``weight_decay``.
+
     Example:
         >>> import torch, normopt
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
         >>> [g["role"] for g in normopt.param_groups(model)]
         ['hidden', 'bias', 'head']
     """
+    bad = [r for r in no_decay if r not in ROLES] if isinstance(no_decay, tuple | list) else None
+    if bad is None or bad:
+        raise ValueError(
+            f"no_decay: expected a tuple of roles from {list(ROLES)}, got {no_decay!r}"
+        )
     routes = classify(model, head=head, split_rules=split_rules, overrides=overrides)
     _assign(routes, preset)
     params = dict(model.named_parameters())
@@ -558,6 +572,8 @@ def param_groups(
                 g["batch_dims"] = batch_dims
             if transposed:
                 g["transposed"] = True
+            if r.role in no_decay:
+                g["weight_decay"] = 0.0
         g["params"].append((r.name, params[r.name]))
     return list(groups.values())
 
@@ -569,16 +585,19 @@ def describe(
     split_rules: dict[str, int | tuple[int, int]] | None = None,
     overrides: dict[str, str] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    no_decay: tuple[str, ...] = NO_DECAY,
 ) -> str:
     """A table of every trainable parameter: name, shape, role, optimizer, norm, the matrix
     the optimizer sees (``d_out x d_in`` of one element, in its true orientation, times the
-    number of elements: experts and split parts), lr scale, and notes (tied names, splits,
-    orientation: ``stored (d_in, d_out)``).
+    number of elements: experts and split parts), lr scale, decay (``no`` for the roles in
+    ``no_decay``, as :func:`param_groups` gives them ``weight_decay=0``), and notes (tied
+    names, splits, orientation: ``stored (d_in, d_out)``).
 
     With ``optimizer`` (a normopt optimizer built on ``model``), the optimizer and lr-scale
     columns say what that optimizer really does: each group's ``algorithm`` and the factor
     its step multiplies ``lr`` by (``optimizer.lr_scale(p)``: Muon's ``adjust_lr`` rule in
-    force), not what the routing preset would choose.
+    force), and the decay column each group's ``weight_decay``, not what the routing preset
+    would choose.
 
     Example:
         >>> import torch, normopt
@@ -586,9 +605,10 @@ def describe(
     """
     routes = classify(model, head=head, split_rules=split_rules, overrides=overrides)
     _assign(routes, preset)
+    decay = {r.name: ("no" if r.role in no_decay else "yes") for r in routes}
     if optimizer is not None:
-        _from_optimizer(routes, model, optimizer)
-    rows = [("name", "shape", "role", "optimizer", "norm", "matrix", "lr scale", "notes")]
+        decay = _from_optimizer(routes, model, optimizer)
+    rows = [("name", "shape", "role", "optimizer", "norm", "matrix", "lr scale", "decay", "notes")]
     for r in routes:
         notes = []
         if r.tied:
@@ -617,6 +637,7 @@ def describe(
                 norm,
                 matrix,
                 f"{r.lr_scale:.3g}",
+                decay[r.name],
                 "; ".join(notes),
             )
         )
@@ -636,16 +657,22 @@ def describe(
 
 def _from_optimizer(
     routes: list[Route], model: nn.Module, optimizer: torch.optim.Optimizer
-) -> None:
-    """Overwrite each route's optimizer and lr scale with what ``optimizer`` does to it."""
+) -> dict[str, str]:
+    """Overwrite each route's optimizer and lr scale with what ``optimizer`` does to it;
+    return each tensor's ``weight_decay`` as text."""
     params = dict(model.named_parameters())
     owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     lr_scale = getattr(optimizer, "lr_scale", None)
+    decay = {}
     for r in routes:
         p = params[r.name]
         group = owner.get(id(p))
         if group is None:
             r.optimizer, r.lr_scale = "(not in the optimizer)", 0.0
+            decay[r.name] = "-"
             continue
         r.optimizer = str(group.get("algorithm", type(optimizer).__name__))
         r.lr_scale = float(lr_scale(p)) if callable(lr_scale) else 1.0
+        wd = group.get("weight_decay")
+        decay[r.name] = "-" if wd is None else f"{float(wd):.3g}"
+    return decay

@@ -45,15 +45,19 @@ class Norm:
 
     # -- the interface -------------------------------------------------------------
     def norm(self, x: Tensor) -> Tensor:
+        """``||x||``, one value per batch entry (the leading dims of ``x``)."""
         raise NotImplementedError
 
     def dual_norm(self, g: Tensor) -> Tensor:
+        """``||g||_* = max <g, t>`` over ``||t|| <= 1``, one value per batch entry."""
         raise NotImplementedError
 
     def dualize(self, g: Tensor) -> Tensor:
+        """The unit-norm ``t`` that maximizes ``<g, t>`` (zero for ``g = 0``), shaped like ``g``."""
         raise NotImplementedError
 
     def dual(self) -> Norm:
+        """The dual norm, as a :class:`Norm` (its own dual is this norm again)."""
         raise NotImplementedError
 
     def rho(self, shape: Sequence[int]) -> float:
@@ -149,15 +153,19 @@ class ProductNorm:
 
     # -- the interface -------------------------------------------------------------
     def norm(self, xs: Sequence[Tensor]) -> Tensor:
+        """The norm of the blocks ``xs`` together (one tensor per block)."""
         raise NotImplementedError
 
     def dual_norm(self, gs: Sequence[Tensor]) -> Tensor:
+        """The dual norm of the blocks ``gs`` together."""
         raise NotImplementedError
 
     def dualize(self, gs: Sequence[Tensor]) -> list[Tensor]:
+        """The unit-norm blocks that maximize ``sum <g_l, t_l>``, one per block of ``gs``."""
         raise NotImplementedError
 
     def dual(self) -> ProductNorm:
+        """The dual product norm."""
         raise NotImplementedError
 
     def rho(self, shapes: Sequence[Sequence[int]]) -> float:

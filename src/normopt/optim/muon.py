@@ -132,7 +132,8 @@ class Muon(NormOptimizer):
             or params / param groups (keys ``algorithm``, ``norm``, ``batch_dims``,
             ``split``, ``transposed`` and any hyperparameter below).
         lr: Muon's learning rate (0.02); a float or a tensor.
-        momentum: ``beta`` (0.95). nesterov: Nesterov momentum (True).
+        momentum: ``beta`` (0.95).
+        nesterov: Nesterov momentum (True).
         weight_decay: decoupled, ``W <- (1 - lr wd) W`` (0).
         polar: polar method name (``"newton_schulz"``; see :func:`normopt.linalg.polar`).
         ns_steps: iterations of the polar method (5).
@@ -148,16 +149,21 @@ class Muon(NormOptimizer):
         variant: ``None`` (Muon), ``"fanion"`` (step along ``sum_{i<=k} u_i v_i^T``,
             exact SVD; Fanion-1 is rank one), ``"f_muon"`` (``a U V^T + (1-a) M/||M||_F``)
             or ``"s_muon"`` (``a U V^T + (1-a) sign(M)``); arXiv 2512.09678.
-        variant_k: ``k`` of Fanion-k (1). variant_a: ``a`` of F-/S-Muon (0.5; the
-            paper's default was not verified here).
+        variant_k: ``k`` of Fanion-k (1).
+        variant_a: ``a`` of F-/S-Muon (0.5; the paper's default was not verified here).
         num_heads: per-head orthogonalization (1: whole matrices); usually set per group,
             e.g. ``{"params": [q.weight, k.weight, v.weight], "num_heads": 8}``, or with
             ``split=3`` for a fused QKV weight.
-        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the defaults of the
-            ``"adamw"`` groups' ``lr``, ``betas``, ``eps``, ``weight_decay``
-            (3e-4, (0.9, 0.95), 1e-10, 0).
+        adamw_lr: the default ``lr`` of the ``"adamw"`` groups (3e-4).
+        adamw_betas: their default ``betas`` ((0.9, 0.95)).
+        adamw_eps: their default ``eps`` (1e-10).
+        adamw_weight_decay: their default ``weight_decay`` (0).
         nonfinite: ``"skip"`` or ``"raise"`` (see :class:`NormOptimizer`).
         foreach: stacks and foreach lists (True) or the per-parameter reference (False).
+        process_group: for replicated parameters (DDP), e.g.
+            ``torch.distributed.group.WORLD``: each matrix is orthogonalized on one owner
+            rank and the results are all-gathered. ``None`` (default): every rank computes
+            everything. FSDP2 (DTensor) parameters need none.
 
     Example:
         >>> import torch, normopt

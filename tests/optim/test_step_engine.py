@@ -329,7 +329,19 @@ def _against_torch_adamw(normopt_foreach: bool, **torch_kwargs: Any):
     names = [n for g in adamw_groups for n in g["param_names"]]
     assert sorted(names) == sorted(n for n, _ in a.named_parameters() if n != "fc.weight")
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    ref = torch.optim.AdamW([pb[n] for n in names], **ADAMW, **torch_kwargs)
+    # gains and biases get no weight decay (routing's no_decay), the rest ADAMW's
+    for g in adamw_groups:
+        assert g["weight_decay"] == (
+            0.0 if g["role"] in ("gain", "bias") else ADAMW["weight_decay"]
+        )
+    ref = torch.optim.AdamW(
+        [
+            {"params": [pb[n] for n in g["param_names"]], "weight_decay": g["weight_decay"]}
+            for g in adamw_groups
+        ],
+        **ADAMW,
+        **torch_kwargs,
+    )
     gen = torch.Generator().manual_seed(0)
     for t in range(10):
         if t == 5:  # a scheduler's edit reaches both
@@ -637,11 +649,13 @@ def test_a_normopt_0_1_checkpoint_loads_and_continues():
             assert g["normopt_optimizer"] == "Muon" and "adamw_lr" not in g
             if g["algorithm"] == "adamw":
                 assert not g["use_muon"]
+                # gains and biases are not decayed (routing's no_decay)
+                wd = 0.0 if g["role"] in ("gain", "bias") else 0.01
                 assert (g["lr"], g["betas"], g["eps"], g["weight_decay"]) == (
                     1e-2,
                     (0.85, 0.9),
                     1e-9,
-                    0.01,
+                    wd,
                 )
             else:
                 assert g["use_muon"] and g["algorithm"] == "muon"

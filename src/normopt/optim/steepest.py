@@ -11,23 +11,25 @@ from torch import Tensor
 from normopt._checks import check_bool, check_number
 from normopt.norms import Norm
 from normopt.optim import moves
-from normopt.optim.base import Block, NormOptimizer, Plan, lr_on, split_view
+from normopt.optim.base import Block, NormOptimizer, Plan, fitted_element, lr_on
 from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]
 
 
-def _element(optimizer: NormOptimizer, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-    lead, rest = split_view(
-        tuple(p.shape),
-        group["batch_dims"],
-        group["split"],
-        group["transposed"],
-    )
-    return lead + optimizer._norm(group).fit(rest)
+class _UnderNorm(NormOptimizer):
+    """What both optimizers here share: each parameter is read as the element its group's
+    ``norm`` fits (:func:`~normopt.optim.base.fitted_element`)."""
+
+    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+        return fitted_element(p, group, self._norm(group).fit)
+
+    def _check_fits(self, group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            self._element_shape(p, group)  # raises when the norm does not fit the tensor
 
 
-class SteepestDescent(NormOptimizer):
+class SteepestDescent(_UnderNorm):
     r"""Steepest descent under a chosen norm, per parameter or across layers.
 
     With momentum ``m = beta m + (1 - beta) g`` (``m = g`` when ``momentum=0``;
@@ -107,11 +109,7 @@ class SteepestDescent(NormOptimizer):
             raise ValueError("nesterov: needs momentum > 0")
         if bool(group["modular"]) != self._global_combine:
             raise ValueError("modular: must be the same for every param group")
-        for p in group["params"]:
-            _element(self, p, group)  # raises when the norm does not fit the tensor
-
-    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        return _element(self, p, group)
+        self._check_fits(group)
 
     def _sharding_supported(self, group: dict[str, Any], layouts: list[Any]) -> bool:
         return not group["modular"]  # eta sums dual norms over every block
@@ -183,7 +181,7 @@ class SteepestDescent(NormOptimizer):
         self._add_rows(block, D * coef)
 
 
-class TrustRegion(NormOptimizer):
+class TrustRegion(_UnderNorm):
     r"""Kovalev's non-Euclidean trust region with momentum (arXiv 2503.12645, Algorithm 1).
 
     For every tensor, with ``m_0 = g_0`` (the first gradient)::
@@ -233,11 +231,7 @@ class TrustRegion(NormOptimizer):
         super()._check_group(group)
         check_number("alpha", group["alpha"], 0.0, 1.0, low_open=True)
         check_number("weight_decay", group["weight_decay"], 0.0, 1.0)
-        for p in group["params"]:
-            _element(self, p, group)
-
-    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        return _element(self, p, group)
+        self._check_fits(group)
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return self._norm(group).entrywise

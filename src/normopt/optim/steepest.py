@@ -24,9 +24,14 @@ class _UnderNorm(NormOptimizer):
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
         return fitted_element(p, group, self._norm(group).fit)
 
-    def _check_fits(self, group: dict[str, Any]) -> None:
-        for p in group["params"]:
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        self._check_hyperparameters(group)
+        for p in group["params"]:  # last: the norm must fit every tensor of the group
             self._element_shape(p, group)  # raises when the norm does not fit the tensor
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        """The optimizer's own checks of a group, after the base's and before the fit."""
 
 
 class SteepestDescent(_UnderNorm):
@@ -93,8 +98,7 @@ class SteepestDescent(_UnderNorm):
         )
         super().__init__(params, defaults, process_group)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_number("weight_decay", group["weight_decay"])
         check_number("scale", group["scale"], 0.0, math.inf, low_open=True)
@@ -109,7 +113,6 @@ class SteepestDescent(_UnderNorm):
             raise ValueError("nesterov: needs momentum > 0")
         if bool(group["modular"]) != self._global_combine:
             raise ValueError("modular: must be the same for every param group")
-        self._check_fits(group)
 
     def _sharding_supported(self, group: dict[str, Any], layouts: list[Any]) -> bool:
         return not group["modular"]  # eta sums dual norms over every block
@@ -227,11 +230,9 @@ class TrustRegion(_UnderNorm):
         )
         super().__init__(params, defaults, process_group)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_number("alpha", group["alpha"], 0.0, 1.0, low_open=True)
         check_number("weight_decay", group["weight_decay"], 0.0, 1.0)
-        self._check_fits(group)
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return self._norm(group).entrywise

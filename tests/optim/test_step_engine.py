@@ -364,24 +364,29 @@ def test_adamw_flat_path_matches_torch_single_tensor_adamw():
 
 
 # -- 5. a scheduler at 0 freezes every weight ---------------------------------------------------
+# optimizers with weight decay on both parts (Muon's AdamW part too): a frozen or a fresh
+# optimizer must not decay them either
+MUON_BOTH_WD = Case(
+    "muon-both-wd",
+    lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
+    takes_model=True,
+)
+MVR2_BOTH_WD = Case(
+    "mvr2-both-wd",
+    lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
+    takes_model=True,
+    needs_closure=True,
+)
+LION_WD = Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1))
 FREEZE = CASES + [
-    Case(
-        "muon-both-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-    ),
+    MUON_BOTH_WD,
     Case(
         "muon-both-wd-flat",
         lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1, foreach=False),
         takes_model=True,
     ),
-    Case(
-        "mvr2-both-wd",
-        lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-        needs_closure=True,
-    ),
-    Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1)),
+    MVR2_BOTH_WD,
+    LION_WD,
     Case(
         "sd-l2-wd",
         lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.05, momentum=0.9, weight_decay=0.1),
@@ -515,11 +520,7 @@ def test_dcp_state_dict_round_trip_continues_bit_for_bit(case, api):
 
 
 DCP_FRESH = CASES + [
-    Case(
-        "muon-both-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-    ),
+    MUON_BOTH_WD,
     Case(
         "muon-both-wd-raise",
         lambda m: normopt.Muon(
@@ -527,13 +528,8 @@ DCP_FRESH = CASES + [
         ),
         takes_model=True,
     ),
-    Case(
-        "mvr2-both-wd",
-        lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-        needs_closure=True,
-    ),
-    Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1)),
+    MVR2_BOTH_WD,
+    LION_WD,
 ]
 TR_DECAY_BUG = pytest.param(
     Case(

@@ -46,38 +46,19 @@ def _norm_groups(params: nn.Module | list[nn.Parameter], norm: N.Norm) -> list[d
     return [g for g in ({"params": mats, "norm": norm}, {"params": vecs}) if g["params"]]
 
 
+def _muon(name: str, **kwargs: Any) -> Case:
+    """``normopt.Muon(model, lr=0.02, adamw_lr=1e-2, **kwargs)``: Muon routing the model."""
+    return Case(name, lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2, **kwargs), takes_model=True)
+
+
 CASES = [
-    Case("muon", lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2), takes_model=True),
-    Case(
-        "muon-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-polar-express",
-        lambda m: normopt.Muon(m, lr=0.02, polar="polar_express", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-gram",
-        lambda m: normopt.Muon(m, lr=0.02, polar="gram_newton_schulz", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-fanion2",
-        lambda m: normopt.Muon(m, lr=0.02, variant="fanion", variant_k=2, adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-f",
-        lambda m: normopt.Muon(m, lr=0.02, variant="f_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-s",
-        lambda m: normopt.Muon(m, lr=0.02, variant="s_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
+    _muon("muon"),
+    _muon("muon-wd", weight_decay=0.1),
+    _muon("muon-polar-express", polar="polar_express"),
+    _muon("muon-gram", polar="gram_newton_schulz"),
+    _muon("muon-fanion2", variant="fanion", variant_k=2),
+    _muon("muon-f", variant="f_muon"),
+    _muon("muon-s", variant="s_muon"),
     Case(
         "muon-mvr2",
         lambda m: normopt.MuonMVR2(m, lr=0.02, adamw_lr=1e-2),
@@ -93,11 +74,7 @@ CASES = [
     Case("adamuon", lambda m: normopt.AdaMuon(m, lr=0.05, adamw_lr=1e-2), takes_model=True),
     Case("adamuon-plain", lambda p: normopt.AdaMuon(p, lr=0.05), matrices_only=True),
     Case("muon-heads", lambda m: normopt.Muon(_heads_groups(m), lr=0.02), takes_model=True),
-    Case(
-        "muon-turbo",
-        lambda m: normopt.Muon(m, lr=0.02, ns_steps=4, ns_coefficients="turbo_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
+    _muon("muon-turbo", ns_steps=4, ns_coefficients="turbo_muon"),
     Case("lion", lambda p: normopt.Lion(p, lr=3e-3)),
     Case("lionk-nuclear", lambda p: normopt.LionK(p, K=N.Nuclear(), lr=2e-2), matrices_only=True),
     Case(

@@ -23,11 +23,8 @@ Tolerances are the ones measured on CPU (torch 2.13), written next to each check
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,26 +40,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 import normopt
+from benchmark_scripts import load_benchmark
 from normopt import norms as N
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 # Rows that keep no state at all (steepest descent without momentum).
 STATELESS = {"sd-linf-normalized", "sd-modular"}
 
 
-def _load_step_overhead() -> Any:
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("step_overhead", BENCH / "step_overhead.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
-
-
-so = _load_step_overhead()
+so = load_benchmark("step_overhead")
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +14,7 @@ from normopt.norms.numerics import (
     work_tensor,
 )
 from normopt.norms.operator import RMSToRMS, RMSToRMSDual
+from normopt.norms.spectral import PolarNorm
 
 __all__ = ["ConvSpectral", "ConvSpectralDual"]
 
@@ -29,7 +29,7 @@ def _from_slices(x: Tensor) -> Tensor:
 
 
 @register
-class ConvSpectral(Norm):
+class ConvSpectral(PolarNorm):
     """Conv2d kernel norm, the per-slice rule of modular duality (arXiv 2410.21265).
 
     For a kernel ``(d_out, d_in, kh, kw)`` with ``k^2 = kh kw`` positions:
@@ -45,11 +45,8 @@ class ConvSpectral(Norm):
     ndim = 4
 
     def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        super().__init__(polar, steps)
         self._slice = RMSToRMS(polar, steps)
-        self.polar, self.steps = polar, steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     @staticmethod
     def _k2(x: Tensor) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,13 +18,13 @@ from normopt.norms.numerics import (
     vector_norm,
     work_tensor,
 )
-from normopt.norms.spectral import Nuclear, Spectral
+from normopt.norms.spectral import Nuclear, PolarNorm, Spectral
 
 __all__ = ["RMSToRMS", "RMSToRMSDual", "ColumnRMS", "ColumnRMSDual", "RowRMS", "RowRMSDual"]
 
 
 @register
-class RMSToRMS(Norm):
+class RMSToRMS(PolarNorm):
     """The RMS -> RMS operator norm ``sqrt(d_in / d_out) s_1`` (the Linear layer's norm).
 
     Dual: ``sqrt(d_out / d_in) ||G||_nuc``. ``dualize(G) = sqrt(d_out / d_in) U V^T``,
@@ -37,11 +36,8 @@ class RMSToRMS(Norm):
     ndim = 2
 
     def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        super().__init__(polar, steps)
         self._spectral = Spectral(polar, steps)
-        self.polar, self.steps = polar, steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     @staticmethod
     def _c(x: Tensor) -> float:  # sqrt(d_out / d_in)

@@ -27,11 +27,27 @@ from normopt.norms.numerics import (
     work_tensor,
 )
 
-__all__ = ["Spectral", "Nuclear", "Schatten", "KyFan", "KyFanDual"]
+__all__ = ["PolarNorm", "Spectral", "Nuclear", "Schatten", "KyFan", "KyFanDual"]
+
+
+class PolarNorm(Norm):
+    """A norm whose ``dualize`` takes a polar factor: it keeps the method ``polar`` of
+    :func:`normopt.linalg.polar` and its ``steps`` count, checked here, and its spec records
+    both (:class:`Spectral`, and the layer norms built on it)."""
+
+    def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        check_polar(polar, steps)
+        if polar == "svd" and steps is not None:
+            raise ValueError("steps: the 'svd' polar method takes no step count")
+        self.polar = polar
+        self.steps = steps
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"polar": self.polar, "steps": self.steps}
 
 
 @register
-class Spectral(Norm):
+class Spectral(PolarNorm):
     """Spectral norm ``s_1`` (l2 -> l2). Dual: nuclear. ``dualize(G) = U V^T``.
 
     ``rho = sqrt(min(m, n))``. ``polar`` picks the method of
@@ -44,16 +60,6 @@ class Spectral(Norm):
     name = "spectral"
     transpose_equivariant = True
     ndim = 2
-
-    def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
-        check_polar(polar, steps)
-        if polar == "svd" and steps is not None:
-            raise ValueError("steps: the 'svd' polar method takes no step count")
-        self.polar = polar
-        self.steps = steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     def norm(self, x: Tensor) -> Tensor:
         self._reduce_dims(x)

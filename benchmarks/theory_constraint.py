@@ -30,7 +30,6 @@ import json
 import math
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -41,7 +40,7 @@ import normopt
 from normopt import norms as N
 from normopt.optim.muon import adjust_lr_factor
 from normopt.theory import ConstraintMonitor, SpectralNormMonitor, UpdateMonitor
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, machine, r5
+from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, r5, run_meta, subplot_grid
 
 NS_MAX = 1.2024  # largest singular value of Jordan's quintic Newton-Schulz (SPEC A5)
 
@@ -166,16 +165,9 @@ def run(opt_name: str, init: float, args, data: Markov2) -> dict:
 
 
 def plot(results, steps, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     inits = sorted({r["init_scale"] for r in results})
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
-    fig, axes = plt.subplots(
-        len(inits), len(opts), figsize=(4.3 * len(opts), 3.3 * len(inits)), squeeze=False
-    )
+    plt, fig, axes = subplot_grid(len(inits), len(opts), 4.3, 3.3)
     for i, init in enumerate(inits):
         for j, o in enumerate(opts):
             ax = axes[i][j]
@@ -250,13 +242,7 @@ def main() -> None:
     print(f"entropy rate of the language (loss floor, approx.): {data.entropy_rate():.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "python3 benchmarks/theory_constraint.py",
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": machine(),
-        "config": vars(args),
-    }
+    meta = run_meta("python3 benchmarks/theory_constraint.py", vars(args))
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "results": results}, separators=(",", ":")) + "\n"
     )  # one line: the curves make an indented file tens of thousands of lines long

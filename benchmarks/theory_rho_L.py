@@ -35,7 +35,6 @@ import math
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import normopt
 from normopt import norms as N
 from normopt.theory import effective_rho, estimate_noise, estimate_smoothness
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, machine, r5
+from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, r5, run_meta
 
 NORMS = {"frobenius": N.Frobenius(), "spectral": N.Spectral(), "max_entry": N.MaxEntry()}
 
@@ -239,14 +238,9 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "python3 benchmarks/theory_rho_L.py",
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": machine(),
-        "config": vars(args),
-        "seconds": time.perf_counter() - t0,
-    }
+    meta = run_meta(
+        "python3 benchmarks/theory_rho_L.py", vars(args), seconds=time.perf_counter() - t0
+    )
     rounded = [
         {**r, "layers": {n: {k: (r5(v) if isinstance(v, float) else v) for k, v in lay.items()}
                          for n, lay in r["layers"].items()}}

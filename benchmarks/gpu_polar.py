@@ -86,6 +86,20 @@ def shape_name(shape: tuple[int, int, int]) -> str:
 
 
 # -- timing ---------------------------------------------------------------------------------------
+def bench_device(name: str, threads: int | None, tf32: bool) -> torch.device:
+    """The device to time on, set up for timing: ``threads`` CPU threads (1 by default off
+    CUDA), and on CUDA float32 matmuls in TF32 or not (``tf32``)."""
+    device = torch.device(name)
+    cuda = device.type == "cuda"
+    if threads or not cuda:
+        # One thread on a shared CPU: OpenMP threads spinning against other processes make
+        # the timings of small products swing by 100x.
+        torch.set_num_threads(threads or 1)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return device
+
+
 def time_fn(
     fn: Callable[[Any], Any],
     inputs: list[Any],
@@ -247,14 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (CPU default: 1)")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = bench_device(args.device, args.threads, tf32=False)  # float32 runs are float32
     cuda = device.type == "cuda"
-    if args.threads or not cuda:
-        # One thread on a shared CPU: OpenMP threads spinning against other processes make
-        # the timings of small products swing by 100x.
-        torch.set_num_threads(args.threads or 1)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 runs are float32
     compute_dtype = (
         getattr(torch, args.dtype)
         if args.dtype

@@ -40,7 +40,16 @@ import normopt
 from normopt import norms as N
 from normopt.optim.muon import adjust_lr_factor
 from normopt.theory import ConstraintMonitor, SpectralNormMonitor, UpdateMonitor
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, r5, run_meta, subplot_grid
+from theory_tinylm import (
+    Markov2,
+    TinyLM,
+    add_model_args,
+    hidden_matrices,
+    lm_loss,
+    r5,
+    run_meta,
+    subplot_grid,
+)
 
 NS_MAX = 1.2024  # largest singular value of Jordan's quintic Newton-Schulz (SPEC A5)
 
@@ -191,10 +200,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    add_model_args(p)
     p.add_argument("--muon_lr", type=float, default=0.02)
     p.add_argument("--muon_wd", type=float, default=0.5)
     p.add_argument("--adamw_lr", type=float, default=3e-3, help="Muon's AdamW part")

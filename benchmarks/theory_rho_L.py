@@ -44,7 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import normopt
 from normopt import norms as N
 from normopt.theory import effective_rho, estimate_noise, estimate_smoothness
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, r5, run_meta
+from theory_tinylm import (
+    Markov2,
+    TinyLM,
+    add_model_args,
+    hidden_matrices,
+    lm_loss,
+    r5,
+    run_meta,
+)
 
 NORMS = {"frobenius": N.Frobenius(), "spectral": N.Spectral(), "max_entry": N.MaxEntry()}
 
@@ -142,10 +150,7 @@ def main() -> None:
     p.add_argument("--noise_batches", type=int, default=16)
     p.add_argument("--directions", type=int, default=1, help="dualized directions per layer")
     p.add_argument("--radius", type=float, default=1e-2, help="relative displacement")
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    add_model_args(p)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--adamw_lr", type=float, default=3e-3, help="Muon's AdamW part")
     p.add_argument("--seed", type=int, default=0)

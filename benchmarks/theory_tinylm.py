@@ -9,6 +9,7 @@ known floor (the entropy rate) without any download.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -120,6 +121,15 @@ def machine() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags of the language and the model that both experiments train: sequence
+    length, vocabulary, width and depth."""
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=16)
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
 
 
 def run_meta(command: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:

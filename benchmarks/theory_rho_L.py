@@ -44,15 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import normopt
 from normopt import norms as N
 from normopt.theory import effective_rho, estimate_noise, estimate_smoothness
-from theory_tinylm import (
-    Markov2,
-    TinyLM,
-    add_model_args,
-    hidden_matrices,
-    lm_loss,
-    r5,
-    run_meta,
-)
+from theory_tinylm import Markov2, TinyLM, add_model_args, hidden_matrices, lm_loss, r5, run_meta
 
 NORMS = {"frobenius": N.Frobenius(), "spectral": N.Spectral(), "max_entry": N.MaxEntry()}
 

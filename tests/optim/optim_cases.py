@@ -6,6 +6,7 @@ checkpoint checks (test_checkpoint) then run on it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,38 @@ def train_steps(
             sched.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def check_resume(
+    case: Case,
+    before: int,
+    after: int,
+    dtype: torch.dtype = torch.float32,
+    check_loaded: Callable[[torch.optim.Optimizer], None] | None = None,
+) -> None:
+    """Train ``before`` steps, save the model and the optimizer (``torch.save``), train
+    ``after`` more; a fresh model and optimizer loaded from the save (``weights_only=True``:
+    plain data only, no pickled norm objects) and trained ``after`` steps end bit for bit
+    where the uninterrupted run did. ``check_loaded`` sees the loaded optimizer first."""
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, before)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train_steps(case, model, opt, after)
+    final = [p.detach().clone() for p in model.parameters()]
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    model2 = make_mlp(dtype)
+    model2.load_state_dict(saved["model"])
+    opt2 = build_optimizer(case, model2)
+    opt2.load_state_dict(saved["opt"])
+    if check_loaded is not None:
+        check_loaded(opt2)
+    train_steps(case, model2, opt2, after)
+    for a, b in zip(final, model2.parameters()):
+        assert torch.equal(a, b)
 
 
 BY_NAME = {c.name: c for c in CASES}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     work_tensor,
@@ -73,7 +73,7 @@ class ConvSpectral(PolarNorm):
 
 
 @register
-class ConvSpectralDual(Norm):
+class ConvSpectralDual(DualOf):
     """``(1/k^2) sum_p sqrt(d_out/d_in) ||W_p||_nuc``, the dual of :class:`ConvSpectral`.
 
     ``dualize`` puts ``k^2 sqrt(d_in/d_out) u_1 v_1^T`` on the slice with the
@@ -82,12 +82,6 @@ class ConvSpectralDual(Norm):
 
     name = "conv_spectral_dual"
     ndim = 4
-
-    def norm(self, x: Tensor) -> Tensor:
-        return ConvSpectral().dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return ConvSpectral().norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         self._reduce_dims(g)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     safe_div,
@@ -61,7 +61,7 @@ class RMSToRMS(PolarNorm):
 
 
 @register
-class RMSToRMSDual(Norm):
+class RMSToRMSDual(DualOf):
     """``sqrt(d_out / d_in) ||G||_nuc``: the dual of :class:`RMSToRMS`.
 
     ``dualize(G) = sqrt(d_in / d_out) u_1 v_1^T``; ``rho = sqrt(d_in / d_out)``.
@@ -69,12 +69,6 @@ class RMSToRMSDual(Norm):
 
     name = "rms_to_rms_dual"
     ndim = 2
-
-    def norm(self, x: Tensor) -> Tensor:
-        return RMSToRMS().dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return RMSToRMS().norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         return Nuclear().dualize(g) / RMSToRMS._c(g)

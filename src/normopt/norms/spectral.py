@@ -15,7 +15,7 @@ from torch import Tensor
 
 from normopt._checks import check_int
 from normopt.kernels.entry import polar
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     check_polar,
@@ -215,7 +215,7 @@ class KyFan(_TopK):
 
 
 @register
-class KyFanDual(_TopK):
+class KyFanDual(DualOf, _TopK):
     """The dual of the Ky Fan k-norm: ``max(s_1, ||G||_nuc / k)``.
 
     Dual: Ky Fan k. ``dualize(G) = sum_{i <= k} u_i v_i^T`` (over the nonzero
@@ -223,12 +223,6 @@ class KyFanDual(_TopK):
     """
 
     name = "ky_fan_dual"
-
-    def norm(self, x: Tensor) -> Tensor:
-        return KyFan(self.k).dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return KyFan(self.k).norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         self._reduce_dims(g)

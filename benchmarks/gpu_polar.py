@@ -86,6 +86,20 @@ def shape_name(shape: tuple[int, int, int]) -> str:
 
 
 # -- timing ---------------------------------------------------------------------------------------
+def bench_device(name: str, threads: int | None, tf32: bool) -> torch.device:
+    """The device to time on, set up for timing: ``threads`` CPU threads (1 by default off
+    CUDA), and on CUDA float32 matmuls in TF32 or not (``tf32``)."""
+    device = torch.device(name)
+    cuda = device.type == "cuda"
+    if threads or not cuda:
+        # One thread on a shared CPU: OpenMP threads spinning against other processes make
+        # the timings of small products swing by 100x.
+        torch.set_num_threads(threads or 1)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return device
+
+
 def time_fn(
     fn: Callable[[Any], Any],
     inputs: list[Any],
@@ -166,33 +180,25 @@ def build_methods(
         sched = get_schedule(sched_name)
         co = [sched.at(i) for i in range(STEPS)]
         sc = sched.norm_scale
-        methods.append(
+        low = (torch.bfloat16, torch.float16, torch.float32)
+        triton_ok = triton_sym.usable(device) and cd in low
+        # (backend, its quintic function, runs here, else why not)
+        for backend, quintic, ok, why_not in (
+            ("fused", kernels.quintic_fused, True, ""),
             (
-                f"kernels.fused.{sched_name}",
-                lambda G, co=co, sc=sc: kernels.quintic_fused(G, co, sc, compute_dtype=cd),
-                flops_as,
-            )
-        )
-        if compile_ok:
-            methods.append(
-                (
-                    f"kernels.compiled.{sched_name}",
-                    lambda G, co=co, sc=sc: kernels.quintic_compiled(G, co, sc, compute_dtype=cd),
-                    flops_as,
-                )
-            )
-        else:
-            skipped[f"kernels.compiled.{sched_name}"] = "compile off (CPU default; --compile)"
-        if triton_sym.usable(device) and cd in (torch.bfloat16, torch.float16, torch.float32):
-            methods.append(
-                (
-                    f"kernels.triton.{sched_name}",
-                    lambda G, co=co, sc=sc: triton_sym.quintic_triton(G, co, sc, compute_dtype=cd),
-                    flops_as,
-                )
-            )
-        else:
-            skipped[f"kernels.triton.{sched_name}"] = "triton not usable on this device"
+                "compiled",
+                kernels.quintic_compiled,
+                compile_ok,
+                "compile off (CPU default; --compile)",
+            ),
+            ("triton", triton_sym.quintic_triton, triton_ok, "triton not usable on this device"),
+        ):
+            name = f"kernels.{backend}.{sched_name}"
+            if not ok:
+                skipped[name] = why_not
+                continue
+            fn = lambda G, q=quintic, co=co, sc=sc: q(G, co, sc, compute_dtype=cd)  # noqa: E731
+            methods.append((name, fn, flops_as))
 
     # Peer: torch.optim.Muon's internal Newton-Schulz (bf16 always), one matrix per call.
     try:
@@ -247,14 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (CPU default: 1)")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = bench_device(args.device, args.threads, tf32=False)  # float32 runs are float32
     cuda = device.type == "cuda"
-    if args.threads or not cuda:
-        # One thread on a shared CPU: OpenMP threads spinning against other processes make
-        # the timings of small products swing by 100x.
-        torch.set_num_threads(args.threads or 1)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # float32 runs are float32
     compute_dtype = (
         getattr(torch, args.dtype)
         if args.dtype

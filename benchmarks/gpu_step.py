@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import normopt  # noqa: E402
-from gpu_polar import time_fn  # noqa: E402
+from gpu_polar import bench_device, time_fn  # noqa: E402
 from normopt import kernels  # noqa: E402
 
 # GPT-2 small: d_model 768, 12 blocks; nn.Linear weights are (d_out, d_in).
@@ -360,12 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (CPU default: 1)")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = bench_device(args.device, args.threads, tf32=True)  # as a training run would
     cuda = device.type == "cuda"
-    if args.threads or not cuda:
-        torch.set_num_threads(args.threads or 1)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # as a training run would
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     repeat = args.repeat if args.repeat is not None else (30 if cuda else 3)
     blocks, scale = (2, 16) if args.small else (12, 1)

@@ -30,7 +30,6 @@ import json
 import math
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -41,7 +40,16 @@ import normopt
 from normopt import norms as N
 from normopt.optim.muon import adjust_lr_factor
 from normopt.theory import ConstraintMonitor, SpectralNormMonitor, UpdateMonitor
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, machine, r5
+from theory_tinylm import (
+    Markov2,
+    TinyLM,
+    add_model_args,
+    hidden_matrices,
+    lm_loss,
+    r5,
+    run_meta,
+    subplot_grid,
+)
 
 NS_MAX = 1.2024  # largest singular value of Jordan's quintic Newton-Schulz (SPEC A5)
 
@@ -166,16 +174,9 @@ def run(opt_name: str, init: float, args, data: Markov2) -> dict:
 
 
 def plot(results, steps, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     inits = sorted({r["init_scale"] for r in results})
     opts = list(dict.fromkeys(r["optimizer"] for r in results))
-    fig, axes = plt.subplots(
-        len(inits), len(opts), figsize=(4.3 * len(opts), 3.3 * len(inits)), squeeze=False
-    )
+    plt, fig, axes = subplot_grid(len(inits), len(opts), 4.3, 3.3)
     for i, init in enumerate(inits):
         for j, o in enumerate(opts):
             ax = axes[i][j]
@@ -199,10 +200,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    add_model_args(p)
     p.add_argument("--muon_lr", type=float, default=0.02)
     p.add_argument("--muon_wd", type=float, default=0.5)
     p.add_argument("--adamw_lr", type=float, default=3e-3, help="Muon's AdamW part")
@@ -250,13 +248,7 @@ def main() -> None:
     print(f"entropy rate of the language (loss floor, approx.): {data.entropy_rate():.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "python3 benchmarks/theory_constraint.py",
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": machine(),
-        "config": vars(args),
-    }
+    meta = run_meta("python3 benchmarks/theory_constraint.py", vars(args))
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "results": results}, separators=(",", ":")) + "\n"
     )  # one line: the curves make an indented file tens of thousands of lines long

@@ -35,7 +35,6 @@ import json
 import math
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ from normopt.theory import (
     kovalev_schedule,
     lemma3_bound,
 )
-from theory_tinylm import machine  # noqa: E402  (beside this script)
+from theory_tinylm import run_meta, subplot_grid  # noqa: E402  (beside this script)
 
 LABELS = {"max_entry": "max-entry (sign/Adam)", "frobenius": "Frobenius (NSGD)",
           "spectral": "spectral (Muon)", "linf": "l-inf (sign/Adam)"}  # fmt: skip
@@ -157,16 +156,9 @@ def run_one(name, shape, sigma, delta0, Lf, budget, seeds, seed0, n_points=200):
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     configs = sorted({r["sigma"] for r in results})
     names = list(dict.fromkeys(r["norm"] for r in results))
-    fig, axes = plt.subplots(
-        len(configs), len(names), figsize=(4.2 * len(names), 3.4 * len(configs)), squeeze=False
-    )
+    plt, fig, axes = subplot_grid(len(configs), len(names), 4.2, 3.4)
     for i, sig in enumerate(configs):
         for j, name in enumerate(names):
             ax = axes[i][j]
@@ -249,14 +241,10 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "python3 benchmarks/theory_kovalev.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": machine(),
-        "config": vars(args),
-    }  # fmt: skip
+    command = "python3 benchmarks/theory_kovalev.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if k != "out"
+    )
+    meta = run_meta(command, vars(args))
     out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "results": results}, separators=(",", ":")) + "\n"
     )  # one line: the curves make an indented file tens of thousands of lines long

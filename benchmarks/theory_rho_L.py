@@ -35,7 +35,6 @@ import math
 import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 import normopt
 from normopt import norms as N
 from normopt.theory import effective_rho, estimate_noise, estimate_smoothness
-from theory_tinylm import Markov2, TinyLM, hidden_matrices, lm_loss, machine, r5
+from theory_tinylm import Markov2, TinyLM, add_model_args, hidden_matrices, lm_loss, r5, run_meta
 
 NORMS = {"frobenius": N.Frobenius(), "spectral": N.Spectral(), "max_entry": N.MaxEntry()}
 
@@ -143,10 +142,7 @@ def main() -> None:
     p.add_argument("--noise_batches", type=int, default=16)
     p.add_argument("--directions", type=int, default=1, help="dualized directions per layer")
     p.add_argument("--radius", type=float, default=1e-2, help="relative displacement")
-    p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    add_model_args(p)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--adamw_lr", type=float, default=3e-3, help="Muon's AdamW part")
     p.add_argument("--seed", type=int, default=0)
@@ -239,14 +235,9 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "python3 benchmarks/theory_rho_L.py",
-        "date": date.today().isoformat(),
-        "torch": torch.__version__,
-        "machine": machine(),
-        "config": vars(args),
-        "seconds": time.perf_counter() - t0,
-    }
+    meta = run_meta(
+        "python3 benchmarks/theory_rho_L.py", vars(args), seconds=time.perf_counter() - t0
+    )
     rounded = [
         {**r, "layers": {n: {k: (r5(v) if isinstance(v, float) else v) for k, v in lay.items()}
                          for n, lay in r["layers"].items()}}

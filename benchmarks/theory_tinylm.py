@@ -1,6 +1,7 @@
 """A tiny causal transformer and a synthetic language for the theory experiments (2 and 3).
 
-Not a benchmark itself: ``theory_constraint.py`` and ``theory_rho_L.py`` import it.
+Not a benchmark itself: ``theory_constraint.py`` and ``theory_rho_L.py`` import it, and
+the three theory benchmarks share its ``machine``, ``run_meta`` and ``subplot_grid``.
 The language is an order-2 Markov chain over ``vocab`` tokens whose next-token
 distributions are Dirichlet(0.1)-sparse, so there is structure to learn and a
 known floor (the entropy rate) without any download.
@@ -8,11 +9,14 @@ known floor (the entropy rate) without any download.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import sys
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,6 +121,40 @@ def machine() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags of the language and the model that both experiments train: sequence
+    length, vocabulary, width and depth."""
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=16)
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+
+
+def run_meta(command: str, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What every theory benchmark saves beside its results: the command that reproduces
+    them, the date, torch, the machine and the config (and ``extra``)."""
+    return {
+        "command": command,
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        "machine": machine(),
+        "config": config,
+        **extra,
+    }
+
+
+def subplot_grid(rows: int, cols: int, width: float, height: float) -> tuple[Any, Any, Any]:
+    """``(plt, fig, axes)``: ``rows x cols`` panels of ``width x height`` inches each, drawn
+    off screen (matplotlib's Agg backend); ``axes[i][j]`` even for one row or column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    return plt, fig, axes
 
 
 def r5(x: float) -> float:

@@ -4,32 +4,19 @@ Nothing here is about normopt's own counts (the step engine is being rewritten);
 last test only checks that every row of the benchmark still runs.
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
+
 pytestmark = pytest.mark.integration  # the step-overhead benchmark script, tiny runs
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 D, LAYERS = 16, 2
 
 
-def _load(name):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
-
-
-so = _load("step_overhead")
+so = load_benchmark("step_overhead")
 
 
 def _ops(make, d=D):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_runs import compare_one_step
 
 from normopt.cli import main
 
@@ -52,12 +53,7 @@ def test_missing_fashion_mnist_is_a_clear_message(monkeypatch, tmp_path, capsys)
 
     monkeypatch.setattr(D, "FASHION_MNIST_DIRS", (str(tmp_path / "nowhere"),))
     monkeypatch.delenv("NORMOPT_FASHION_MNIST", raising=False)
-    D.load_fashion_mnist.cache_clear()
-    try:
-        code = main(["compare", "--task", "fashion-mnist", "--optimizers", "adamw", "--steps", "1",
-                     "--quiet", "--out", str(tmp_path / "r")])  # fmt: skip
-    finally:
-        D.load_fashion_mnist.cache_clear()
+    code = compare_one_step("fashion-mnist", D.load_fashion_mnist, tmp_path / "r")
     assert code == 1
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -7,7 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from normopt.cli import main
+from cli_runs import compare_one_step
+
 from normopt.experiments import CompareConfig, run_compare
 from normopt.experiments.progress import LineProgress
 
@@ -56,12 +57,7 @@ def test_a_task_that_needs_scikit_learn_says_so(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn: ModuleNotFoundError
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    D.load_digits.cache_clear()
-    try:
-        code = main(["compare", "--task", "digits", "--optimizers", "adamw", "--steps", "1",
-                     "--quiet", "--out", str(tmp_path / "r")])  # fmt: skip
-    finally:
-        D.load_digits.cache_clear()
+    code = compare_one_step("digits", D.load_digits, tmp_path / "r")
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1 and "scikit-learn" in err

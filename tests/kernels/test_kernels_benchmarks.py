@@ -1,33 +1,22 @@
 """The GPU benchmark scripts stay runnable: tiny CPU runs of both (the full --small runs are slow)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_benchmark
+
 pytestmark = pytest.mark.integration  # the benchmark scripts, tiny runs
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 def test_gpu_polar_tiny_run(tmp_path, capsys):
     out = tmp_path / "polar.json"
     args = ["--device", "cpu", "--shapes", "2x8x24,20x12", "--methods", "normopt.*,kernels.*"]
     assert (
-        _load("gpu_polar").main([*args, "--warmup", "0", "--repeat", "1", "--out", str(out)]) == 0
+        load_benchmark("gpu_polar").main(
+            [*args, "--warmup", "0", "--repeat", "1", "--out", str(out)]
+        )
+        == 0
     )
     res = json.loads(out.read_text())
     rows = res["results"]
@@ -42,7 +31,7 @@ def test_gpu_polar_tiny_run(tmp_path, capsys):
 
 def test_gpu_step_tiny_run(tmp_path):
     out = tmp_path / "step.json"
-    mod = _load("gpu_step")
+    mod = load_benchmark("gpu_step")
     assert (
         mod.main(
             [
@@ -71,11 +60,15 @@ def test_gpu_step_tiny_run(tmp_path):
 @pytest.mark.slow
 def test_small_runs_end_to_end(tmp_path):
     assert (
-        _load("gpu_polar").main(["--device", "cpu", "--small", "--out", str(tmp_path / "p.json")])
+        load_benchmark("gpu_polar").main(
+            ["--device", "cpu", "--small", "--out", str(tmp_path / "p.json")]
+        )
         == 0
     )
     assert (
-        _load("gpu_step").main(["--device", "cpu", "--small", "--out", str(tmp_path / "s.json")])
+        load_benchmark("gpu_step").main(
+            ["--device", "cpu", "--small", "--out", str(tmp_path / "s.json")]
+        )
         == 0
     )
     rows = json.loads((tmp_path / "s.json").read_text())["results"]

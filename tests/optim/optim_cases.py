@@ -6,6 +6,7 @@ checkpoint checks (test_checkpoint) then run on it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,38 +47,19 @@ def _norm_groups(params: nn.Module | list[nn.Parameter], norm: N.Norm) -> list[d
     return [g for g in ({"params": mats, "norm": norm}, {"params": vecs}) if g["params"]]
 
 
+def _muon(name: str, **kwargs: Any) -> Case:
+    """``normopt.Muon(model, lr=0.02, adamw_lr=1e-2, **kwargs)``: Muon routing the model."""
+    return Case(name, lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2, **kwargs), takes_model=True)
+
+
 CASES = [
-    Case("muon", lambda m: normopt.Muon(m, lr=0.02, adamw_lr=1e-2), takes_model=True),
-    Case(
-        "muon-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-polar-express",
-        lambda m: normopt.Muon(m, lr=0.02, polar="polar_express", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-gram",
-        lambda m: normopt.Muon(m, lr=0.02, polar="gram_newton_schulz", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-fanion2",
-        lambda m: normopt.Muon(m, lr=0.02, variant="fanion", variant_k=2, adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-f",
-        lambda m: normopt.Muon(m, lr=0.02, variant="f_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
-    Case(
-        "muon-s",
-        lambda m: normopt.Muon(m, lr=0.02, variant="s_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
+    _muon("muon"),
+    _muon("muon-wd", weight_decay=0.1),
+    _muon("muon-polar-express", polar="polar_express"),
+    _muon("muon-gram", polar="gram_newton_schulz"),
+    _muon("muon-fanion2", variant="fanion", variant_k=2),
+    _muon("muon-f", variant="f_muon"),
+    _muon("muon-s", variant="s_muon"),
     Case(
         "muon-mvr2",
         lambda m: normopt.MuonMVR2(m, lr=0.02, adamw_lr=1e-2),
@@ -93,11 +75,7 @@ CASES = [
     Case("adamuon", lambda m: normopt.AdaMuon(m, lr=0.05, adamw_lr=1e-2), takes_model=True),
     Case("adamuon-plain", lambda p: normopt.AdaMuon(p, lr=0.05), matrices_only=True),
     Case("muon-heads", lambda m: normopt.Muon(_heads_groups(m), lr=0.02), takes_model=True),
-    Case(
-        "muon-turbo",
-        lambda m: normopt.Muon(m, lr=0.02, ns_steps=4, ns_coefficients="turbo_muon", adamw_lr=1e-2),
-        takes_model=True,
-    ),
+    _muon("muon-turbo", ns_steps=4, ns_coefficients="turbo_muon"),
     Case("lion", lambda p: normopt.Lion(p, lr=3e-3)),
     Case("lionk-nuclear", lambda p: normopt.LionK(p, K=N.Nuclear(), lr=2e-2), matrices_only=True),
     Case(
@@ -201,6 +179,38 @@ def train_steps(
             sched.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def check_resume(
+    case: Case,
+    before: int,
+    after: int,
+    dtype: torch.dtype = torch.float32,
+    check_loaded: Callable[[torch.optim.Optimizer], None] | None = None,
+) -> None:
+    """Train ``before`` steps, save the model and the optimizer (``torch.save``), train
+    ``after`` more; a fresh model and optimizer loaded from the save (``weights_only=True``:
+    plain data only, no pickled norm objects) and trained ``after`` steps end bit for bit
+    where the uninterrupted run did. ``check_loaded`` sees the loaded optimizer first."""
+    model = make_mlp(dtype)
+    opt = build_optimizer(case, model)
+    train_steps(case, model, opt, before)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train_steps(case, model, opt, after)
+    final = [p.detach().clone() for p in model.parameters()]
+
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    model2 = make_mlp(dtype)
+    model2.load_state_dict(saved["model"])
+    opt2 = build_optimizer(case, model2)
+    opt2.load_state_dict(saved["opt"])
+    if check_loaded is not None:
+        check_loaded(opt2)
+    train_steps(case, model2, opt2, after)
+    for a, b in zip(final, model2.parameters()):
+        assert torch.equal(a, b)
 
 
 BY_NAME = {c.name: c for c in CASES}

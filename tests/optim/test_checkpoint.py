@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from optim_cases import BY_NAME, CASES, IDS, build_optimizer, make_mlp, train_steps
+from optim_cases import BY_NAME, CASES, IDS, build_optimizer, check_resume, make_mlp, train_steps
 from torch import nn
 
 import normopt
@@ -138,26 +138,14 @@ def test_resume_in_a_fresh_process_is_bit_for_bit(resumed, name):
 def test_low_precision_state_survives_a_round_trip(case):
     """bf16 parameters keep float32 state through save/load (torch's loader would cast it
     to bf16), so the resumed run equals the uninterrupted one bit for bit."""
-    model = make_mlp(torch.bfloat16)
-    opt = build_optimizer(case, model)
-    train_steps(case, model, opt, 2)
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    train_steps(case, model, opt, 2)
-    after = [p.detach().clone() for p in model.parameters()]
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    model2 = make_mlp(torch.bfloat16)
-    model2.load_state_dict(saved["model"])
-    opt2 = build_optimizer(case, model2)
-    opt2.load_state_dict(saved["opt"])
-    for p, st in opt2.state.items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                assert v.dtype == (p.dtype if k == "prev_param" else torch.float32), k
-    train_steps(case, model2, opt2, 2)
-    for a, b in zip(after, model2.parameters()):
-        assert torch.equal(a, b)
+
+    def float32_state(opt2: torch.optim.Optimizer) -> None:
+        for p, st in opt2.state.items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point():
+                    assert v.dtype == (p.dtype if k == "prev_param" else torch.float32), k
+
+    check_resume(case, before=2, after=2, dtype=torch.bfloat16, check_loaded=float32_state)
 
 
 # -- what must not load ----------------------------------------------------------------------

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
-from optim_cases import CASES, IDS, build_optimizer, make_mlp, mlp_data, train_steps
+from optim_cases import CASES, IDS, build_optimizer, check_resume, make_mlp, mlp_data, train_steps
 from torch import nn
 
 import normopt
@@ -44,23 +43,7 @@ def test_decreases_convex_quadratic(case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_dict_round_trip_bit_for_bit(case):
-    model = make_mlp()
-    opt = build_optimizer(case, model)
-    train_steps(case, model, opt, 3)
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    train_steps(case, model, opt, 4)
-    after = [p.detach().clone() for p in model.parameters()]
-
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)  # plain data only: no pickled norm objects
-    model2 = make_mlp()
-    model2.load_state_dict(saved["model"])
-    opt2 = build_optimizer(case, model2)
-    opt2.load_state_dict(saved["opt"])
-    train_steps(case, model2, opt2, 4)
-    for a, b in zip(after, model2.parameters()):
-        assert torch.equal(a, b)
+    check_resume(case, before=3, after=4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

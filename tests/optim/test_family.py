@@ -87,47 +87,51 @@ def adamuon_reference(W0, grads, lr, beta, beta2, eps, wd, nesterov, method="svd
     return out
 
 
-# the exact polar factor of a wide matrix has rows of equal norm (NorMuon's per-row scale is
-# then uniform): Newton-Schulz (float64, 5 steps) makes every shape count
-@pytest.mark.parametrize("method", ["svd", "newton_schulz"])
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_normuon_matches_reference(nesterov, foreach, method):
-    lr, beta, beta2, eps, wd = 0.02, 0.9, 0.8, 1e-10, 0.1
-    params, grads = _params(), _grads(6, seed=1)
+def _matches_reference(cls, reference, beta2, eps, seed, nesterov, foreach, method):
+    """Six steps of ``cls`` on :func:`_params` equal ``reference``'s, step by step; the
+    optimizer and its parameters come back for the test's own check of the state."""
+    lr, beta, wd = 0.02, 0.9, 0.1
+    params, grads = _params(), _grads(6, seed=seed)
     W0 = [p.detach().clone() for p in params]
-    opt = normopt.NorMuon(
+    opt = cls(
         params, lr=lr, momentum=beta, beta2=beta2, eps=eps, weight_decay=wd,
         nesterov=nesterov, polar=method, foreach=foreach,
     )  # fmt: skip
     traj = _run(opt, params, grads)
     for i, w0 in enumerate(W0):
         gi = [gs[i] for gs in grads]
-        ref = normuon_reference(w0, gi, lr, beta, beta2, eps, wd, nesterov, method)
+        ref = reference(w0, gi, lr, beta, beta2, eps, wd, nesterov, method)
         for step, (a, b) in enumerate(zip(traj, ref)):
             torch.testing.assert_close(a[i], b, rtol=0, atol=1e-11, msg=f"param {i} step {step}")
+    return opt, params
+
+
+# the exact polar factor of a wide matrix has rows of equal norm (NorMuon's per-row scale is
+# then uniform): Newton-Schulz (float64, 5 steps) makes every shape count
+reference_cases = pytest.mark.parametrize(
+    "nesterov, foreach, method",
+    [
+        (nesterov, foreach, method)
+        for nesterov in (True, False)
+        for foreach in (True, False)
+        for method in ("svd", "newton_schulz")
+    ],
+)
+
+
+@reference_cases
+def test_normuon_matches_reference(nesterov, foreach, method):
+    opt, params = _matches_reference(
+        normopt.NorMuon, normuon_reference, 0.8, 1e-10, 1, nesterov, foreach, method
+    )
     assert opt.state[params[0]]["second_momentum_buffer"].shape == (6, 1)
 
 
-# the exact polar factor of a wide matrix has rows of equal norm (NorMuon's per-row scale is
-# then uniform): Newton-Schulz (float64, 5 steps) makes every shape count
-@pytest.mark.parametrize("method", ["svd", "newton_schulz"])
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("nesterov", [True, False])
+@reference_cases
 def test_adamuon_matches_reference(nesterov, foreach, method):
-    lr, beta, beta2, eps, wd = 0.02, 0.9, 0.99, 1e-8, 0.1
-    params, grads = _params(), _grads(6, seed=2)
-    W0 = [p.detach().clone() for p in params]
-    opt = normopt.AdaMuon(
-        params, lr=lr, momentum=beta, beta2=beta2, eps=eps, weight_decay=wd,
-        nesterov=nesterov, polar=method, foreach=foreach,
-    )  # fmt: skip
-    traj = _run(opt, params, grads)
-    for i, w0 in enumerate(W0):
-        gi = [gs[i] for gs in grads]
-        ref = adamuon_reference(w0, gi, lr, beta, beta2, eps, wd, nesterov, method)
-        for step, (a, b) in enumerate(zip(traj, ref)):
-            torch.testing.assert_close(a[i], b, rtol=0, atol=1e-11, msg=f"param {i} step {step}")
+    opt, params = _matches_reference(
+        normopt.AdaMuon, adamuon_reference, 0.99, 1e-8, 2, nesterov, foreach, method
+    )
     assert int(opt.state[params[0]]["step"]) == 6
 
 

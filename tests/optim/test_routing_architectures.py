@@ -36,132 +36,77 @@ def _lm_batch(model: nn.Module) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids}
 
 
-def _gpt2() -> nn.Module:
-    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64, n_positions=16)
-    return transformers.GPT2LMHeadModel(cfg)
+# the layer every tiny config shares: one layer, width 32, MLP 64, 4 heads
+LAYER: dict[str, Any] = dict(
+    num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4
+)
+LM = dict(LAYER, vocab_size=64)  # a language model's, with a vocabulary of 64
+GQA = dict(LM, num_key_value_heads=2)  # with grouped-query attention (2 key/value heads)
 
 
-def _llama() -> nn.Module:
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-    )
-    return transformers.LlamaForCausalLM(cfg)
+def _tiny(model: str, config: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    """A builder of ``transformers.<model>`` from ``transformers.<config>(**kwargs)``."""
+
+    def make() -> nn.Module:
+        return getattr(transformers, model)(getattr(transformers, config)(**kwargs))
+
+    return make
 
 
-def _bert() -> nn.Module:
-    cfg = transformers.BertConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        vocab_size=64,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(cfg)
-
-
-def _vit() -> nn.Module:
-    cfg = transformers.ViTConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        image_size=16,
-        patch_size=8,
-        num_labels=3,
-    )
-    return transformers.ViTForImageClassification(cfg)
-
-
-def _t5() -> nn.Module:
-    cfg = transformers.T5Config(
-        num_layers=1,
-        num_decoder_layers=1,
-        d_model=32,
-        d_ff=64,
-        num_heads=4,
-        d_kv=8,
-        vocab_size=64,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-    )
-    return transformers.T5ForConditionalGeneration(cfg)
-
-
-def _mixtral() -> nn.Module:
-    cfg = transformers.MixtralConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        num_local_experts=4,
-    )
-    return transformers.MixtralForCausalLM(cfg)
-
-
-def _qwen2_moe() -> nn.Module:
-    cfg = transformers.Qwen2MoeConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        moe_intermediate_size=16,
-        shared_expert_intermediate_size=48,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        num_experts=4,
-        num_experts_per_tok=2,
-    )
-    return transformers.Qwen2MoeForCausalLM(cfg)
+_gpt2 = _tiny(
+    "GPT2LMHeadModel", "GPT2Config", n_layer=1, n_embd=32, n_head=4, vocab_size=64, n_positions=16
+)
+_llama = _tiny("LlamaForCausalLM", "LlamaConfig", **GQA)
+_bert = _tiny(
+    "BertForSequenceClassification",
+    "BertConfig",
+    **LM,
+    max_position_embeddings=16,
+    num_labels=3,
+)
+_vit = _tiny(
+    "ViTForImageClassification", "ViTConfig", **LAYER, image_size=16, patch_size=8, num_labels=3
+)
+_t5 = _tiny(
+    "T5ForConditionalGeneration",
+    "T5Config",
+    num_layers=1,
+    num_decoder_layers=1,
+    d_model=32,
+    d_ff=64,
+    num_heads=4,
+    d_kv=8,
+    vocab_size=64,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+)
+_mixtral = _tiny("MixtralForCausalLM", "MixtralConfig", **GQA, num_local_experts=4)
+_qwen2_moe = _tiny(
+    "Qwen2MoeForCausalLM",
+    "Qwen2MoeConfig",
+    **GQA,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=48,
+    num_experts=4,
+    num_experts_per_tok=2,
+)
 
 
 def _gpt_oss() -> nn.Module:
     if not hasattr(transformers, "GptOssConfig"):
         pytest.skip("this transformers has no GPT-OSS")
-    cfg = transformers.GptOssConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return _tiny(
+        "GptOssForCausalLM",
+        "GptOssConfig",
+        **GQA,
         head_dim=8,
-        vocab_size=64,
         num_local_experts=4,
         num_experts_per_tok=2,
-    )
-    return transformers.GptOssForCausalLM(cfg)
+    )()
 
 
-def _gpt_neox() -> nn.Module:
-    cfg = transformers.GPTNeoXConfig(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        vocab_size=64,
-    )
-    return transformers.GPTNeoXForCausalLM(cfg)
-
-
-def _phi3() -> nn.Module:
-    cfg = transformers.Phi3Config(
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        pad_token_id=0,
-    )
-    return transformers.Phi3ForCausalLM(cfg)
+_gpt_neox = _tiny("GPTNeoXForCausalLM", "GPTNeoXConfig", **LM)
+_phi3 = _tiny("Phi3ForCausalLM", "Phi3Config", **GQA, pad_token_id=0)
 
 
 def _cls_batch(model: nn.Module) -> dict[str, torch.Tensor]:

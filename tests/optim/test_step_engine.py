@@ -23,11 +23,8 @@ Tolerances are the ones measured on CPU (torch 2.13), written next to each check
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,26 +40,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 import normopt
+from benchmark_scripts import load_benchmark
 from normopt import norms as N
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 # Rows that keep no state at all (steepest descent without momentum).
 STATELESS = {"sd-linf-normalized", "sd-modular"}
 
 
-def _load_step_overhead() -> Any:
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("step_overhead", BENCH / "step_overhead.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
-
-
-so = _load_step_overhead()
+so = load_benchmark("step_overhead")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -376,24 +361,29 @@ def test_adamw_flat_path_matches_torch_single_tensor_adamw():
 
 
 # -- 5. a scheduler at 0 freezes every weight ---------------------------------------------------
+# optimizers with weight decay on both parts (Muon's AdamW part too): a frozen or a fresh
+# optimizer must not decay them either
+MUON_BOTH_WD = Case(
+    "muon-both-wd",
+    lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
+    takes_model=True,
+)
+MVR2_BOTH_WD = Case(
+    "mvr2-both-wd",
+    lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
+    takes_model=True,
+    needs_closure=True,
+)
+LION_WD = Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1))
 FREEZE = CASES + [
-    Case(
-        "muon-both-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-    ),
+    MUON_BOTH_WD,
     Case(
         "muon-both-wd-flat",
         lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1, foreach=False),
         takes_model=True,
     ),
-    Case(
-        "mvr2-both-wd",
-        lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-        needs_closure=True,
-    ),
-    Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1)),
+    MVR2_BOTH_WD,
+    LION_WD,
     Case(
         "sd-l2-wd",
         lambda p: normopt.SteepestDescent(p, norm=N.L2(), lr=0.05, momentum=0.9, weight_decay=0.1),
@@ -527,11 +517,7 @@ def test_dcp_state_dict_round_trip_continues_bit_for_bit(case, api):
 
 
 DCP_FRESH = CASES + [
-    Case(
-        "muon-both-wd",
-        lambda m: normopt.Muon(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-    ),
+    MUON_BOTH_WD,
     Case(
         "muon-both-wd-raise",
         lambda m: normopt.Muon(
@@ -539,13 +525,8 @@ DCP_FRESH = CASES + [
         ),
         takes_model=True,
     ),
-    Case(
-        "mvr2-both-wd",
-        lambda m: normopt.MuonMVR2(m, lr=0.02, weight_decay=0.1, adamw_weight_decay=0.1),
-        takes_model=True,
-        needs_closure=True,
-    ),
-    Case("lion-wd", lambda p: normopt.Lion(p, lr=1e-3, weight_decay=0.1)),
+    MVR2_BOTH_WD,
+    LION_WD,
 ]
 TR_DECAY_BUG = pytest.param(
     Case(

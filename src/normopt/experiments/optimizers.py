@@ -151,44 +151,37 @@ def _sgd(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     )
 
 
-@register_optimizer(
-    "muon",
-    lr=0.02,
-    summary="normopt.Muon(model): routes every tensor itself (AdamW part at adamw_lr)",
-)
-def _muon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+def _normopt_muon(cls_name: str, params: Any, lr: float, cfg: TrainConfig) -> Optimizer:
+    """``normopt.<cls_name>(params)`` with the run's weight decay and the AdamW part at adamw_lr."""
     import normopt
 
-    return normopt.Muon(  # type: ignore[attr-defined]
-        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
-    )
+    cls = getattr(normopt, cls_name)
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg))
 
 
-@register_optimizer(
-    "normuon",
-    lr=0.02,
-    summary="normopt.NorMuon(model): Muon + neuron-wise second moment, beta2 0.95 (arXiv 2510.05491)",
-)
-def _normuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
-    import normopt
+def _routed(cls_name: str) -> Factory:
+    def factory(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
+        return _normopt_muon(cls_name, model, lr, cfg)
 
-    return normopt.NorMuon(  # type: ignore[attr-defined]
-        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
-    )
+    return factory
 
 
-@register_optimizer(
-    "adamuon",
-    lr=0.02,
-    summary="normopt.AdaMuon(model): Muon + entrywise second moment, update RMS 0.2 lr "
-    "(arXiv 2507.11005)",
-)
-def _adamuon(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
-    import normopt
-
-    return normopt.AdaMuon(  # type: ignore[attr-defined]
-        model, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
-    )
+# The Muon family on the whole model: (entry, class, summary).
+for _name, _cls, _summary in (
+    ("muon", "Muon", "normopt.Muon(model): routes every tensor itself (AdamW part at adamw_lr)"),
+    (
+        "normuon",
+        "NorMuon",
+        "normopt.NorMuon(model): Muon + neuron-wise second moment, beta2 0.95 (arXiv 2510.05491)",
+    ),
+    (
+        "adamuon",
+        "AdaMuon",
+        "normopt.AdaMuon(model): Muon + entrywise second moment, update RMS 0.2 lr "
+        "(arXiv 2507.11005)",
+    ),
+):
+    register_optimizer(_name, lr=0.02, summary=_summary)(_routed(_cls))
 
 
 def _head_count(model: nn.Module) -> int | None:
@@ -221,9 +214,7 @@ def _muon_heads(model: nn.Module, lr: float, cfg: TrainConfig) -> Optimizer:
     for g in groups:
         if g["role"] == "qkv" and heads is not None:
             g["num_heads"] = heads
-    return normopt.Muon(  # type: ignore[attr-defined]
-        groups, lr=lr, weight_decay=cfg.weight_decay, adamw_lr=_adamw_lr(cfg)
-    )
+    return _normopt_muon("Muon", groups, lr, cfg)
 
 
 @register_optimizer("lion", lr=1e-4, summary="normopt.Lion on every tensor, betas (0.9, 0.99)")

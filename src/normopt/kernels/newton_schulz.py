@@ -37,14 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt._checks import at_least_float32
-from normopt.kernels.coefficients import Coefficients, check_coefficients
+from normopt.kernels.coefficients import Coefficients, check_coefficients, quintic_start
 from normopt.kernels.dispatch import BACKENDS, select_backend
 from normopt.linalg.polar import (
     CoefficientSchedule,
     default_compute_dtype,
     newton_schulz,
-    normalize_frobenius,
 )
 
 __all__ = [
@@ -82,13 +80,7 @@ def _fused_body(
     eps: float,
     compute_dtype: torch.dtype,
 ) -> Tensor:
-    # G: (B, r, c), any orientation. Normalize in the input's precision (>= float32): the
-    # momentum is float32 anyway, and one rounding to the compute dtype follows.
-    work = G.to(at_least_float32(G.dtype))
-    X = normalize_frobenius(work, norm_scale, eps).to(compute_dtype)
-    transposed = X.shape[-2] > X.shape[-1]
-    if transposed:
-        X = X.mT  # (B, m, n), m <= n
+    X, transposed = quintic_start(G, norm_scale, eps, compute_dtype)  # (B, m, n), m <= n
     for a, b, c in coeffs:
         A = torch.bmm(X, X.mT)  # (B, m, m)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A A

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normopt._checks import at_least_float32
-from normopt.kernels.coefficients import Coefficients, check_coefficients
-from normopt.linalg.polar import default_compute_dtype, normalize_frobenius
+from normopt.kernels.coefficients import Coefficients, check_coefficients, quintic_start
+from normopt.linalg.polar import default_compute_dtype
 
 __all__ = [
     "available",
@@ -181,11 +180,7 @@ def quintic_triton(
         return torch.zeros_like(G)
     cdtype = default_compute_dtype(G, compute_dtype)
     G3 = G.reshape(-1, *G.shape[-2:])  # (B, r, c)
-    work = G3.to(at_least_float32(G3.dtype))
-    X = normalize_frobenius(work, norm_scale, eps).to(cdtype)
-    transposed = X.shape[-2] > X.shape[-1]
-    if transposed:
-        X = X.mT
+    X, transposed = quintic_start(G3, norm_scale, eps, cdtype)
     X = X.contiguous()  # (B, m, n), m <= n
     for a, b, c in coeffs:
         A = sym_product(X, **kernel_options)  # X X^T, (B, m, m)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from normopt._checks import check_number
 
-__all__ = ["Norm", "ProductNorm", "AnyNorm", "register", "get", "names", "from_spec"]
+__all__ = ["Norm", "DualOf", "ProductNorm", "AnyNorm", "register", "get", "names", "from_spec"]
 
 
 class Norm:
@@ -113,6 +113,17 @@ class Norm:
     def __hash__(self) -> int:
         # kwargs may hold a nested spec (a dict): Transposed
         return hash((type(self).__name__, _freeze(self._kwargs())))
+
+
+class DualOf(Norm):
+    """A norm written as the dual of another, its :meth:`dual`: ``norm`` is that norm's
+    ``dual_norm`` and ``dual_norm`` its ``norm``; a subclass gives ``dual`` and ``dualize``."""
+
+    def norm(self, x: Tensor) -> Tensor:
+        return self.dual().dual_norm(x)
+
+    def dual_norm(self, g: Tensor) -> Tensor:
+        return self.dual().norm(g)
 
 
 class ProductNorm:

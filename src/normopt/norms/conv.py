@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     work_tensor,
 )
 from normopt.norms.operator import RMSToRMS, RMSToRMSDual
+from normopt.norms.spectral import PolarNorm
 
 __all__ = ["ConvSpectral", "ConvSpectralDual"]
 
@@ -29,7 +29,7 @@ def _from_slices(x: Tensor) -> Tensor:
 
 
 @register
-class ConvSpectral(Norm):
+class ConvSpectral(PolarNorm):
     """Conv2d kernel norm, the per-slice rule of modular duality (arXiv 2410.21265).
 
     For a kernel ``(d_out, d_in, kh, kw)`` with ``k^2 = kh kw`` positions:
@@ -45,11 +45,8 @@ class ConvSpectral(Norm):
     ndim = 4
 
     def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        super().__init__(polar, steps)
         self._slice = RMSToRMS(polar, steps)
-        self.polar, self.steps = polar, steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     @staticmethod
     def _k2(x: Tensor) -> int:
@@ -76,7 +73,7 @@ class ConvSpectral(Norm):
 
 
 @register
-class ConvSpectralDual(Norm):
+class ConvSpectralDual(DualOf):
     """``(1/k^2) sum_p sqrt(d_out/d_in) ||W_p||_nuc``, the dual of :class:`ConvSpectral`.
 
     ``dualize`` puts ``k^2 sqrt(d_in/d_out) u_1 v_1^T`` on the slice with the
@@ -85,12 +82,6 @@ class ConvSpectralDual(Norm):
 
     name = "conv_spectral_dual"
     ndim = 4
-
-    def norm(self, x: Tensor) -> Tensor:
-        return ConvSpectral().dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return ConvSpectral().norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         self._reduce_dims(g)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     safe_div,
@@ -19,13 +18,13 @@ from normopt.norms.numerics import (
     vector_norm,
     work_tensor,
 )
-from normopt.norms.spectral import Nuclear, Spectral
+from normopt.norms.spectral import Nuclear, PolarNorm, Spectral
 
 __all__ = ["RMSToRMS", "RMSToRMSDual", "ColumnRMS", "ColumnRMSDual", "RowRMS", "RowRMSDual"]
 
 
 @register
-class RMSToRMS(Norm):
+class RMSToRMS(PolarNorm):
     """The RMS -> RMS operator norm ``sqrt(d_in / d_out) s_1`` (the Linear layer's norm).
 
     Dual: ``sqrt(d_out / d_in) ||G||_nuc``. ``dualize(G) = sqrt(d_out / d_in) U V^T``,
@@ -37,11 +36,8 @@ class RMSToRMS(Norm):
     ndim = 2
 
     def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        super().__init__(polar, steps)
         self._spectral = Spectral(polar, steps)
-        self.polar, self.steps = polar, steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     @staticmethod
     def _c(x: Tensor) -> float:  # sqrt(d_out / d_in)
@@ -65,7 +61,7 @@ class RMSToRMS(Norm):
 
 
 @register
-class RMSToRMSDual(Norm):
+class RMSToRMSDual(DualOf):
     """``sqrt(d_out / d_in) ||G||_nuc``: the dual of :class:`RMSToRMS`.
 
     ``dualize(G) = sqrt(d_in / d_out) u_1 v_1^T``; ``rho = sqrt(d_in / d_out)``.
@@ -73,12 +69,6 @@ class RMSToRMSDual(Norm):
 
     name = "rms_to_rms_dual"
     ndim = 2
-
-    def norm(self, x: Tensor) -> Tensor:
-        return RMSToRMS().dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return RMSToRMS().norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         return Nuclear().dualize(g) / RMSToRMS._c(g)

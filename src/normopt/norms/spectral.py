@@ -15,7 +15,7 @@ from torch import Tensor
 
 from normopt._checks import check_int
 from normopt.kernels.entry import polar
-from normopt.norms.base import Norm, register
+from normopt.norms.base import DualOf, Norm, register
 from normopt.norms.numerics import (
     as_shape,
     check_polar,
@@ -27,11 +27,27 @@ from normopt.norms.numerics import (
     work_tensor,
 )
 
-__all__ = ["Spectral", "Nuclear", "Schatten", "KyFan", "KyFanDual"]
+__all__ = ["PolarNorm", "Spectral", "Nuclear", "Schatten", "KyFan", "KyFanDual"]
+
+
+class PolarNorm(Norm):
+    """A norm whose ``dualize`` takes a polar factor: it keeps the method ``polar`` of
+    :func:`normopt.linalg.polar` and its ``steps`` count, checked here, and its spec records
+    both (:class:`Spectral`, and the layer norms built on it)."""
+
+    def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
+        check_polar(polar, steps)
+        if polar == "svd" and steps is not None:
+            raise ValueError("steps: the 'svd' polar method takes no step count")
+        self.polar = polar
+        self.steps = steps
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"polar": self.polar, "steps": self.steps}
 
 
 @register
-class Spectral(Norm):
+class Spectral(PolarNorm):
     """Spectral norm ``s_1`` (l2 -> l2). Dual: nuclear. ``dualize(G) = U V^T``.
 
     ``rho = sqrt(min(m, n))``. ``polar`` picks the method of
@@ -44,16 +60,6 @@ class Spectral(Norm):
     name = "spectral"
     transpose_equivariant = True
     ndim = 2
-
-    def __init__(self, polar: str = "svd", steps: int | None = None) -> None:
-        check_polar(polar, steps)
-        if polar == "svd" and steps is not None:
-            raise ValueError("steps: the 'svd' polar method takes no step count")
-        self.polar = polar
-        self.steps = steps
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"polar": self.polar, "steps": self.steps}
 
     def norm(self, x: Tensor) -> Tensor:
         self._reduce_dims(x)
@@ -209,7 +215,7 @@ class KyFan(_TopK):
 
 
 @register
-class KyFanDual(_TopK):
+class KyFanDual(DualOf, _TopK):
     """The dual of the Ky Fan k-norm: ``max(s_1, ||G||_nuc / k)``.
 
     Dual: Ky Fan k. ``dualize(G) = sum_{i <= k} u_i v_i^T`` (over the nonzero
@@ -217,12 +223,6 @@ class KyFanDual(_TopK):
     """
 
     name = "ky_fan_dual"
-
-    def norm(self, x: Tensor) -> Tensor:
-        return KyFan(self.k).dual_norm(x)
-
-    def dual_norm(self, g: Tensor) -> Tensor:
-        return KyFan(self.k).norm(g)
 
     def dualize(self, g: Tensor) -> Tensor:
         self._reduce_dims(g)

@@ -44,6 +44,7 @@ __all__ = [
     "Block",
     "resolve_norm",
     "split_view",
+    "fitted_element",
 ]
 
 NONFINITE_POLICIES = ("skip", "raise")
@@ -110,6 +111,18 @@ def split_view(
             )
         lead, rest = (*lead, split), (rest[0] // split, *rest[1:])
     return lead, rest
+
+
+def fitted_element(
+    p: Tensor, group: dict[str, Any], fit: Callable[[tuple[int, ...]], tuple[int, ...]]
+) -> tuple[int, ...]:
+    """The element shape a group's norm acts on: :func:`split_view` of ``p`` under the
+    group's ``batch_dims``, ``split`` and ``transposed``, its matrix part through ``fit``
+    (a norm's ``fit``, which raises when the norm cannot carry that shape)."""
+    lead, rest = split_view(
+        tuple(p.shape), group["batch_dims"], group["split"], group["transposed"]
+    )
+    return lead + fit(rest)
 
 
 def _swapped(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -116,10 +116,11 @@ class NorMuon(_SecondMoment):
 
     Example:
         >>> import torch, normopt
-        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-        >>> opt = normopt.NorMuon(model, lr=0.02)
-        >>> model(torch.randn(4, 8)).square().mean().backward()
-        >>> opt.step()
+        >>> w = torch.nn.Parameter(torch.randn(16, 8))
+        >>> opt = normopt.NorMuon([w], lr=0.02)
+        >>> w.square().sum().backward(); opt.step()
+        >>> opt.state[w]["second_momentum_buffer"].shape  # one second moment per row
+        torch.Size([16, 1])
     """
 
     def __init__(
@@ -223,10 +224,12 @@ class AdaMuon(_SecondMoment):
 
     Example:
         >>> import torch, normopt
-        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-        >>> opt = normopt.AdaMuon(model, lr=0.02)
-        >>> model(torch.randn(4, 8)).square().mean().backward()
-        >>> opt.step()
+        >>> w = torch.nn.Parameter(torch.randn(16, 8))
+        >>> w0 = w.detach().clone()
+        >>> opt = normopt.AdaMuon([w], lr=0.02)
+        >>> w.square().sum().backward(); opt.step()
+        >>> round(float((w.detach() - w0).square().mean().sqrt() / 0.02), 3)  # RMS 0.2 lr
+        0.2
     """
 
     def __init__(

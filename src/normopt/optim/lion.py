@@ -15,7 +15,7 @@ from normopt._checks import (
 )
 from normopt.norms import L1, HuberNuclear, Norm
 from normopt.optim import moves
-from normopt.optim.base import Block, NormOptimizer, resolve_norm, split_view
+from normopt.optim.base import Block, NormOptimizer, fitted_element, resolve_norm
 from normopt.optim.moves import Mask
 
 __all__ = ["LionK", "Lion", "gradient_of_K"]
@@ -122,13 +122,7 @@ class LionK(NormOptimizer):
         return K
 
     def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        lead, rest = split_view(
-            tuple(p.shape),
-            group["batch_dims"],
-            group["split"],
-            group["transposed"],
-        )
-        return lead + self._K(group).fit(rest)
+        return fitted_element(p, group, self._K(group).fit)
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         K = self._K(group)

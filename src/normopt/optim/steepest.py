@@ -11,23 +11,30 @@ from torch import Tensor
 from normopt._checks import check_bool, check_number
 from normopt.norms import Norm
 from normopt.optim import moves
-from normopt.optim.base import Block, NormOptimizer, Plan, lr_on, split_view
+from normopt.optim.base import Block, NormOptimizer, Plan, fitted_element, lr_on
 from normopt.optim.moves import Mask
 
 __all__ = ["SteepestDescent", "TrustRegion"]
 
 
-def _element(optimizer: NormOptimizer, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-    lead, rest = split_view(
-        tuple(p.shape),
-        group["batch_dims"],
-        group["split"],
-        group["transposed"],
-    )
-    return lead + optimizer._norm(group).fit(rest)
+class _UnderNorm(NormOptimizer):
+    """What both optimizers here share: each parameter is read as the element its group's
+    ``norm`` fits (:func:`~normopt.optim.base.fitted_element`)."""
+
+    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
+        return fitted_element(p, group, self._norm(group).fit)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        self._check_hyperparameters(group)
+        for p in group["params"]:  # last: the norm must fit every tensor of the group
+            self._element_shape(p, group)  # raises when the norm does not fit the tensor
+
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        """The optimizer's own checks of a group, after the base's and before the fit."""
 
 
-class SteepestDescent(NormOptimizer):
+class SteepestDescent(_UnderNorm):
     r"""Steepest descent under a chosen norm, per parameter or across layers.
 
     With momentum ``m = beta m + (1 - beta) g`` (``m = g`` when ``momentum=0``;
@@ -91,8 +98,7 @@ class SteepestDescent(NormOptimizer):
         )
         super().__init__(params, defaults, process_group)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_number("momentum", group["momentum"], 0.0, 1.0, high_open=True)
         check_number("weight_decay", group["weight_decay"])
         check_number("scale", group["scale"], 0.0, math.inf, low_open=True)
@@ -107,11 +113,6 @@ class SteepestDescent(NormOptimizer):
             raise ValueError("nesterov: needs momentum > 0")
         if bool(group["modular"]) != self._global_combine:
             raise ValueError("modular: must be the same for every param group")
-        for p in group["params"]:
-            _element(self, p, group)  # raises when the norm does not fit the tensor
-
-    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        return _element(self, p, group)
 
     def _sharding_supported(self, group: dict[str, Any], layouts: list[Any]) -> bool:
         return not group["modular"]  # eta sums dual norms over every block
@@ -183,7 +184,7 @@ class SteepestDescent(NormOptimizer):
         self._add_rows(block, D * coef)
 
 
-class TrustRegion(NormOptimizer):
+class TrustRegion(_UnderNorm):
     r"""Kovalev's non-Euclidean trust region with momentum (arXiv 2503.12645, Algorithm 1).
 
     For every tensor, with ``m_0 = g_0`` (the first gradient)::
@@ -229,15 +230,9 @@ class TrustRegion(NormOptimizer):
         )
         super().__init__(params, defaults, process_group)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         check_number("alpha", group["alpha"], 0.0, 1.0, low_open=True)
         check_number("weight_decay", group["weight_decay"], 0.0, 1.0)
-        for p in group["params"]:
-            _element(self, p, group)
-
-    def _element_shape(self, p: Tensor, group: dict[str, Any]) -> tuple[int, ...]:
-        return _element(self, p, group)
 
     def _entrywise(self, group: dict[str, Any]) -> bool:
         return self._norm(group).entrywise

@@ -20,8 +20,8 @@ from normopt.theory.params import (
     Params,
     fdual,
     gradients,
-    named_tensors,
-    resolve_norms,
+    norm_labels,
+    normed_tensors,
 )
 
 __all__ = ["NoiseEstimate", "estimate_noise"]
@@ -121,9 +121,7 @@ def estimate_noise(
         True
     """
     check_optional_int("max_batches", max_batches, 1)
-    tensors = named_tensors(params)
-    norm_of = resolve_norms(tensors, norms)
-    sub = {n: tensors[n] for n in norm_of}
+    sub, norm_of = normed_tensors(params, norms)
     sq = {n: 0.0 for n in sub}
     dual = {n: 0.0 for n in sub}
     model_dual = 0.0
@@ -170,5 +168,5 @@ def estimate_noise(
         per_layer_dual={n: dual_scale * v / n_seen for n, v in dual.items()},
         model_dual=dual_scale * model_dual / n_seen,
         reference=ref,
-        norms={n: repr(v) for n, v in norm_of.items()},
+        norms=norm_labels(norm_of),
     )

@@ -55,6 +55,19 @@ def named_tensors(params: Params, *, trainable_only: bool = True) -> dict[str, T
     return out
 
 
+def normed_tensors(params: Params, norms: NormSpec) -> tuple[dict[str, Tensor], dict[str, Norm]]:
+    """``(tensors, norm_of)``: the parameters that have a norm under ``norms``
+    (:func:`named_tensors`, then :func:`resolve_norms`) and that norm, keyed alike."""
+    tensors = named_tensors(params)
+    norm_of = resolve_norms(tensors, norms)
+    return {n: tensors[n] for n in norm_of}, norm_of
+
+
+def norm_labels(norm_of: Mapping[str, Norm]) -> dict[str, str]:
+    """``{name: repr(norm)}``: how an estimate records the norm of each parameter."""
+    return {n: repr(v) for n, v in norm_of.items()}
+
+
 def default_norm(name: str, p: Tensor) -> Norm:
     """Spectral norm for matrices (conv kernels read as ``(d_out, -1)``), l2 for the rest."""
     return Spectral() if p.ndim >= 2 else L2()

@@ -20,8 +20,8 @@ from normopt.theory.params import (
     Params,
     fdual,
     gradients,
-    named_tensors,
-    resolve_norms,
+    norm_labels,
+    normed_tensors,
 )
 
 __all__ = ["RhoEstimate", "effective_rho"]
@@ -75,9 +75,7 @@ def effective_rho(
     given; as an estimate of the ``rho`` that matters in Lemma 3 (the ratio on
     the *noise* ``g - grad f``) see :meth:`NoiseEstimate.rho_eff`.
     """
-    tensors = named_tensors(params)
-    norm_of = resolve_norms(tensors, norms)
-    sub = {n: tensors[n] for n in norm_of}
+    sub, norm_of = normed_tensors(params, norms)
     if grads is None:
         if loss_fn is not None:
             grads = gradients(sub, loss_fn())
@@ -106,6 +104,6 @@ def effective_rho(
         rho_max=rmax,
         model=dual_sum / math.sqrt(fro2) if fro2 > 0 else math.nan,
         model_rho_max=math.sqrt(sum(r * r for r in rmax.values())),
-        norms={n: repr(v) for n, v in norm_of.items()},
+        norms=norm_labels(norm_of),
         shapes={n: tuple(sub[n].shape) for n in norm_of},
     )

@@ -28,8 +28,8 @@ from normopt.theory.params import (
     fdual,
     fnorm,
     gradients,
-    named_tensors,
-    resolve_norms,
+    norm_labels,
+    normed_tensors,
 )
 
 __all__ = ["DIRECTIONS", "SmoothnessEstimate", "estimate_smoothness", "smoothness_of_step"]
@@ -179,9 +179,7 @@ def estimate_smoothness(
             )
         check_int("n_directions", n_directions, 1)
         radius = check_number("radius", radius, low_open=True)
-    tensors = named_tensors(params)
-    norm_of = resolve_norms(tensors, norms)
-    sub = {n: tensors[n] for n in norm_of}
+    sub, norm_of = normed_tensors(params, norms)
     x0 = {n: t.detach().clone() for n, t in sub.items()}
     g0 = gradients(sub, loss_fn())
 
@@ -226,7 +224,7 @@ def estimate_smoothness(
     finally:
         _set(sub, x0)
     return SmoothnessEstimate(
-        per_layer=per, model=model, directions=kind, norms={n: repr(v) for n, v in norm_of.items()}
+        per_layer=per, model=model, directions=kind, norms=norm_labels(norm_of)
     )
 
 
@@ -252,9 +250,7 @@ def smoothness_of_step(
         >>> 4.0 <= est.L <= 16.0 + 1e-4  # Lf = 4; rho^2 = 4 at most
         True
     """
-    tensors = named_tensors(params)
-    norm_of = resolve_norms(tensors, norms)
-    sub = {n: tensors[n] for n in norm_of}
+    sub, norm_of = normed_tensors(params, norms)
     x0 = {n: t.detach().double().clone() for n, t in sub.items()}
     g0 = gradients(sub, loss_fn())
     step_fn()
@@ -265,5 +261,5 @@ def smoothness_of_step(
         per_layer={n: [v] for n, v in layer.items()},
         model=[] if math.isnan(whole) else [whole],
         directions="optimizer step",
-        norms={n: repr(v) for n, v in norm_of.items()},
+        norms=norm_labels(norm_of),
     )

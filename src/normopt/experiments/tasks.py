@@ -172,8 +172,17 @@ TASKS: dict[str, Task] = {
             eval_every=25,
             sweep_steps=100,
             setup=_shakespeare,
-            # adamw, muon: checked at 600 steps; lion: a 200-step sweep (BENCHMARKS.md)
-            lrs={"adamw": 4e-3, "torch-muon": 0.02, "muon": 0.02, "lion": 4e-4},
+            # compare --tune at 600 steps, 2 seeds, the AdamW part of hybrids at 4e-3
+            # (BENCHMARKS.md, "shakespeare-char: the family, 3 seeds"); torch-muon: muon's
+            lrs={
+                "adamw": 4e-3,
+                "torch-muon": 0.02,
+                "muon": 0.02,
+                "normuon": 0.02,
+                "adamuon": 0.01,
+                "muon-heads": 0.02,
+                "lion": 8e-4,
+            },
         ),
         Task(
             "digits",

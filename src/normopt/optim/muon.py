@@ -154,7 +154,10 @@ class Muon(NormOptimizer):
         num_heads: per-head orthogonalization (1: whole matrices); usually set per group,
             e.g. ``{"params": [q.weight, k.weight, v.weight], "num_heads": 8}``, or with
             ``split=3`` for a fused QKV weight.
-        adamw_lr: the default ``lr`` of the ``"adamw"`` groups (3e-4).
+        adamw_lr: the default ``lr`` of the ``"adamw"`` groups (3e-3, from sweeps of 3e-4
+            ... 1e-2: the best on the harness's character GPT, 0.02 to 0.04 nats behind 1e-2
+            on an MLP and a 200-step HF GPT-2, where 3e-4 was 0.08 to 0.55 nats behind;
+            BENCHMARKS.md, "Muon's AdamW part: lr and decay").
         adamw_betas: their default ``betas`` ((0.9, 0.95)).
         adamw_eps: their default ``eps`` (1e-10).
         adamw_weight_decay: their default ``weight_decay`` (0).
@@ -192,7 +195,7 @@ class Muon(NormOptimizer):
         variant_k: int = 1,
         variant_a: float = 0.5,
         num_heads: int = 1,
-        adamw_lr: float | Tensor = 3e-4,
+        adamw_lr: float | Tensor = 3e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-10,
         adamw_weight_decay: float = 0.0,

@@ -17,7 +17,6 @@ orientations are those of the full-size models.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,76 +27,25 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "routing_table.md"
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's normopt, whichever pip installed
+sys.path.insert(0, str(ROOT / "tests" / "optim"))  # hf_tiny: the routing tests' models
+
+import hf_tiny  # noqa: E402
 
 import normopt  # noqa: E402
 
 
-def _models() -> dict[str, tuple[str, Callable[[], nn.Module]]]:
-    """name -> (transformers class, builder); the configs of tests/optim/test_routing_architectures.py."""
+def _models() -> dict[str, Callable[[], nn.Module]]:
+    """name -> builder: the tiny configs of the routing tests (tests/optim/hf_tiny.py)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    t = transformers
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
     return {
-        "GPT-2": (
-            "GPT2LMHeadModel",
-            lambda: t.GPT2LMHeadModel(
-                t.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64, n_positions=16)
-            ),
-        ),
-        "Llama": (
-            "LlamaForCausalLM",
-            lambda: t.LlamaForCausalLM(
-                t.LlamaConfig(num_hidden_layers=1, num_key_value_heads=2, vocab_size=64, **small)
-            ),
-        ),
-        "BERT": (
-            "BertForSequenceClassification",
-            lambda: t.BertForSequenceClassification(
-                t.BertConfig(
-                    num_hidden_layers=1,
-                    vocab_size=64,
-                    max_position_embeddings=16,
-                    num_labels=3,
-                    **small,
-                )
-            ),
-        ),
-        "ViT": (
-            "ViTForImageClassification",
-            lambda: t.ViTForImageClassification(
-                t.ViTConfig(num_hidden_layers=1, image_size=16, patch_size=8, num_labels=3, **small)
-            ),
-        ),
-        "T5": (
-            "T5ForConditionalGeneration",
-            lambda: t.T5ForConditionalGeneration(
-                t.T5Config(
-                    num_layers=1,
-                    num_decoder_layers=1,
-                    d_model=32,
-                    d_ff=64,
-                    num_heads=4,
-                    d_kv=8,
-                    vocab_size=64,
-                    decoder_start_token_id=0,
-                    pad_token_id=0,
-                )
-            ),
-        ),
-        "Mixtral": (
-            "MixtralForCausalLM",
-            lambda: t.MixtralForCausalLM(
-                t.MixtralConfig(
-                    num_hidden_layers=1,
-                    num_key_value_heads=2,
-                    vocab_size=64,
-                    num_local_experts=4,
-                    **small,
-                )
-            ),
-        ),
+        "GPT-2": hf_tiny.gpt2,
+        "Llama": hf_tiny.llama,
+        "BERT": hf_tiny.bert,
+        "ViT": hf_tiny.vit,
+        "T5": hf_tiny.t5,
+        "Mixtral": hf_tiny.mixtral,
     }
 
 
@@ -123,17 +71,7 @@ def model_table(model: nn.Module) -> list[str]:
     for r in routes:
         p = params[r.name]
         m = r.matrix
-        count = math.prod(r.shape[: r.batch_dims]) * r.split
-        matrix = "" if not m else (f"{count} x " if count > 1 else "") + f"({m[0]} x {m[1]})"
-        notes = []
-        if r.tied:
-            notes.append("tied: " + ", ".join(f"`{n}`" for n in r.tied))
-        if r.split > 1:
-            axis = r.batch_dims + (1 if r.transposed else 0)
-            notes.append(f"split into {r.split} along dim {axis}")
-        if r.batch_dims:
-            notes.append(f"batch of {r.shape[0]}")
-        notes.extend(r.notes)
+        matrix = "" if not m else (f"{r.count} x " if r.count > 1 else "") + f"({m[0]} x {m[1]})"
         cells = [
             f"`{r.name}`",
             " x ".join(map(str, r.shape)),
@@ -142,7 +80,7 @@ def model_table(model: nn.Module) -> list[str]:
             matrix,
             f"{opt.lr_scale(p):.3g}",
             f"`{modular[id(p)]!r}`",
-            "; ".join(notes),
+            "; ".join(r.remarks(quote="`")),
         ]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return rows
@@ -170,9 +108,10 @@ def render() -> str:
         "Regenerate with `python3 docs/gen_routing.py`; print the same for your own model with",
         "`print(normopt.describe(model))`.",
     ]
-    for name, (cls, build) in _models().items():
+    for name, build in _models().items():
         torch.manual_seed(0)
         model = build()
+        cls = type(model).__name__
         lines += ["", f"## {name}", "", f"`transformers.{cls}`", "", *model_table(model)]
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import hf_tiny  # tests/optim: the tiny configs, shared with docs/gen_routing.py
 import pytest
 import torch
 from torch import nn
@@ -36,77 +37,17 @@ def _lm_batch(model: nn.Module) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids}
 
 
-# the layer every tiny config shares: one layer, width 32, MLP 64, 4 heads
-LAYER: dict[str, Any] = dict(
-    num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4
-)
-LM = dict(LAYER, vocab_size=64)  # a language model's, with a vocabulary of 64
-GQA = dict(LM, num_key_value_heads=2)  # with grouped-query attention (2 key/value heads)
-
-
-def _tiny(model: str, config: str, **kwargs: Any) -> Callable[[], nn.Module]:
-    """A builder of ``transformers.<model>`` from ``transformers.<config>(**kwargs)``."""
-
-    def make() -> nn.Module:
-        return getattr(transformers, model)(getattr(transformers, config)(**kwargs))
-
-    return make
-
-
-_gpt2 = _tiny(
-    "GPT2LMHeadModel", "GPT2Config", n_layer=1, n_embd=32, n_head=4, vocab_size=64, n_positions=16
-)
-_llama = _tiny("LlamaForCausalLM", "LlamaConfig", **GQA)
-_bert = _tiny(
-    "BertForSequenceClassification",
-    "BertConfig",
-    **LM,
-    max_position_embeddings=16,
-    num_labels=3,
-)
-_vit = _tiny(
-    "ViTForImageClassification", "ViTConfig", **LAYER, image_size=16, patch_size=8, num_labels=3
-)
-_t5 = _tiny(
-    "T5ForConditionalGeneration",
-    "T5Config",
-    num_layers=1,
-    num_decoder_layers=1,
-    d_model=32,
-    d_ff=64,
-    num_heads=4,
-    d_kv=8,
-    vocab_size=64,
-    decoder_start_token_id=0,
-    pad_token_id=0,
-)
-_mixtral = _tiny("MixtralForCausalLM", "MixtralConfig", **GQA, num_local_experts=4)
-_qwen2_moe = _tiny(
-    "Qwen2MoeForCausalLM",
-    "Qwen2MoeConfig",
-    **GQA,
-    moe_intermediate_size=16,
-    shared_expert_intermediate_size=48,
-    num_experts=4,
-    num_experts_per_tok=2,
-)
-
-
 def _gpt_oss() -> nn.Module:
     if not hasattr(transformers, "GptOssConfig"):
         pytest.skip("this transformers has no GPT-OSS")
-    return _tiny(
+    return hf_tiny.tiny(
         "GptOssForCausalLM",
         "GptOssConfig",
-        **GQA,
+        **hf_tiny.GQA,
         head_dim=8,
         num_local_experts=4,
         num_experts_per_tok=2,
     )()
-
-
-_gpt_neox = _tiny("GPTNeoXForCausalLM", "GPTNeoXConfig", **LM)
-_phi3 = _tiny("Phi3ForCausalLM", "Phi3Config", **GQA, pad_token_id=0)
 
 
 def _cls_batch(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -121,7 +62,7 @@ def _image_batch(model: nn.Module) -> dict[str, torch.Tensor]:
 
 HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any]], Expect]] = {
     "gpt2": (
-        _gpt2,
+        hf_tiny.gpt2,
         _lm_batch,
         {
             "wte.weight": ("embedding", "adamw", 1, False, 1.0),  # tied to lm_head
@@ -134,7 +75,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "llama": (
-        _llama,
+        hf_tiny.llama,
         _lm_batch,
         {
             "embed_tokens.weight": ("embedding", "adamw", 1, False, 1.0),
@@ -147,7 +88,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "bert": (
-        _bert,
+        hf_tiny.bert,
         _cls_batch,
         {
             "word_embeddings.weight": ("embedding", "adamw", 1, False, 1.0),
@@ -159,7 +100,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "vit": (
-        _vit,
+        hf_tiny.vit,
         _image_batch,
         {
             "cls_token": ("token", "adamw", 1, False, 1.0),  # (1, 1, d): not an expert stack
@@ -170,7 +111,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "t5": (
-        _t5,
+        hf_tiny.t5,
         _lm_batch,
         {
             "shared.weight": ("embedding", "adamw", 1, False, 1.0),
@@ -181,7 +122,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "mixtral": (
-        _mixtral,
+        hf_tiny.mixtral,
         _lm_batch,
         {
             "mlp.gate.weight": ("router", "adamw", 1, False, 1.0),
@@ -191,7 +132,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "qwen2_moe": (
-        _qwen2_moe,
+        hf_tiny.qwen2_moe,
         _lm_batch,
         {
             "mlp.gate.weight": ("router", "adamw", 1, False, 1.0),
@@ -215,7 +156,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "gpt_neox": (
-        _gpt_neox,
+        hf_tiny.gpt_neox,
         _lm_batch,
         {
             # rows interleaved per head (q_h, k_h, v_h): one piece per head's q, k, v
@@ -225,7 +166,7 @@ HF: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], dict[str, Any
         },
     ),
     "phi3": (
-        _phi3,
+        hf_tiny.phi3,
         _lm_batch,
         {
             # q (4 heads) | k (2) | v (2) of head_dim 8: unequal, so one piece per head
@@ -462,7 +403,7 @@ def test_harness_gpt_splits_its_fused_qkv():
 
 
 def test_gpt2_describe_shows_orientation_splits_and_the_real_scale():
-    model = _gpt2()
+    model = hf_tiny.gpt2()
     text = normopt.describe(model, optimizer=normopt.Muon(model))
     row = {line.split()[0]: line for line in text.splitlines()[2:] if line.strip()}
     c_fc = row["transformer.h.0.mlp.c_fc.weight"]
@@ -474,7 +415,7 @@ def test_gpt2_describe_shows_orientation_splits_and_the_real_scale():
 
 
 def test_split_rules_name_the_axis_and_split_each_expert():
-    model = _mixtral()
+    model = hf_tiny.mixtral()
     rules: dict[str, Any] = {r"experts\.gate_up_proj$": 2}  # gate | up, per expert
     r = next(
         r for r in normopt.classify(model, split_rules=rules) if r.name.endswith("gate_up_proj")
@@ -487,7 +428,7 @@ def test_split_rules_name_the_axis_and_split_each_expert():
     with pytest.raises(ValueError, match="input dim"):
         normopt.classify(model, split_rules={r"experts\.gate_up_proj$": (2, 2)})
 
-    gpt2 = _gpt2()
+    gpt2 = hf_tiny.gpt2()
     ok = normopt.classify(gpt2, split_rules={r"c_attn\.weight$": (3, 1)})
     assert next(r for r in ok if r.name.endswith("c_attn.weight")).split == 3
     with pytest.raises(ValueError, match="input dim"):
@@ -503,7 +444,7 @@ def test_split_rules_name_the_axis_and_split_each_expert():
 
 
 def test_modular_preset_honours_orientation():
-    model = _gpt2()
+    model = hf_tiny.gpt2()
     groups = normopt.param_groups(model, preset="modular")
     c_fc = next(g for g in groups if any(n.endswith("c_fc.weight") for n, _ in g["params"]))
     assert c_fc["transposed"] is True

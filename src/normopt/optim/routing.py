@@ -172,6 +172,24 @@ class Route:
         _, rest = split_view(self.shape, self.batch_dims, self.split, self.transposed)
         return (rest[0], math.prod(rest[1:]))
 
+    @property
+    def count(self) -> int:
+        """How many elements (``matrix``-shaped matrices) the tensor is: experts x splits."""
+        return math.prod(self.shape[: self.batch_dims]) * self.split
+
+    def remarks(self, quote: str = "") -> list[str]:
+        """What :func:`describe` says in its notes column: tied names (each wrapped in
+        ``quote``), the split and its storage axis, the batch, then ``notes``."""
+        out = []
+        if self.tied:
+            out.append("tied: " + ", ".join(f"{quote}{n}{quote}" for n in self.tied))
+        if self.split > 1:
+            axis = self.batch_dims + (1 if self.transposed else 0)
+            out.append(f"split into {self.split} along dim {axis}")
+        if self.batch_dims:
+            out.append(f"batch of {self.shape[0]}")
+        return out + self.notes
+
 
 def _is_conv1d(mod: nn.Module) -> bool:
     # transformers.pytorch_utils.Conv1D (GPT-2, GPT, CTRL...): weight (nx, nf) = (d_in, d_out);
@@ -611,15 +629,6 @@ def describe(
         decay = _from_optimizer(routes, model, optimizer)
     rows = [("name", "shape", "role", "optimizer", "norm", "matrix", "lr scale", "decay", "notes")]
     for r in routes:
-        notes = []
-        if r.tied:
-            notes.append("tied: " + ", ".join(r.tied))
-        if r.split > 1:
-            axis = r.batch_dims + (1 if r.transposed else 0)
-            notes.append(f"split into {r.split} along dim {axis}")
-        if r.batch_dims:
-            notes.append(f"batch of {r.shape[0]}")
-        notes.extend(r.notes)
         norm = (
             repr(r.norm)
             if r.norm is not None
@@ -627,8 +636,7 @@ def describe(
         )
         # one element as the optimizer sees it: (d_out x d_in), times the number of them
         m = r.matrix
-        count = math.prod(r.shape[: r.batch_dims]) * r.split
-        matrix = "-" if not m else (f"{count}x" if count > 1 else "") + f"({m[0]}x{m[1]})"
+        matrix = "-" if not m else (f"{r.count}x" if r.count > 1 else "") + f"({m[0]}x{m[1]})"
         rows.append(
             (
                 r.name,
@@ -639,7 +647,7 @@ def describe(
                 matrix,
                 f"{r.lr_scale:.3g}",
                 decay[r.name],
-                "; ".join(notes),
+                "; ".join(r.remarks()),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -95,3 +95,5 @@ def test_the_modular_preset_leaves_gains_undecayed_too():
 def test_no_decay_names_the_argument(bad):
     with pytest.raises(ValueError, match="no_decay"):
         normopt.param_groups(_model(), no_decay=bad)
+    with pytest.raises(ValueError, match="no_decay"):
+        normopt.describe(_model(), no_decay=bad)

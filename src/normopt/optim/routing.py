@@ -534,6 +534,13 @@ def _assign(routes: list[Route], preset: str) -> None:
             r.norm = _modular_norm(r)
 
 
+def _check_no_decay(no_decay: Any) -> None:
+    if not isinstance(no_decay, tuple | list) or any(r not in ROLES for r in no_decay):
+        raise ValueError(
+            f"no_decay: expected a tuple of roles from {list(ROLES)}, got {no_decay!r}"
+        )
+
+
 def param_groups(
     model: nn.Module,
     preset: str = "muon",
@@ -564,11 +571,7 @@ def param_groups(
         >>> [g["role"] for g in normopt.param_groups(model)]
         ['hidden', 'bias', 'head']
     """
-    bad = [r for r in no_decay if r not in ROLES] if isinstance(no_decay, tuple | list) else None
-    if bad is None or bad:
-        raise ValueError(
-            f"no_decay: expected a tuple of roles from {list(ROLES)}, got {no_decay!r}"
-        )
+    _check_no_decay(no_decay)
     routes = classify(model, head=head, split_rules=split_rules, overrides=overrides)
     _assign(routes, preset)
     params = dict(model.named_parameters())
@@ -622,6 +625,7 @@ def describe(
         >>> import torch, normopt
         >>> print(normopt.describe(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))))  # doctest: +SKIP
     """
+    _check_no_decay(no_decay)
     routes = classify(model, head=head, split_rules=split_rules, overrides=overrides)
     _assign(routes, preset)
     decay = {r.name: ("no" if r.role in no_decay else "yes") for r in routes}

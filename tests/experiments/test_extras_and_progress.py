@@ -67,8 +67,12 @@ def test_a_task_that_needs_scikit_learn_says_so(monkeypatch, tmp_path, capsys):
 def test_compare_prints_a_line_per_run_when_stderr_is_not_a_terminal(capsys):
     cfg = CompareConfig(task="synthetic", optimizers=("adamw", "muon"), steps=6, eval_every=3)
     run_compare(cfg)
-    lines = capsys.readouterr().err.strip().splitlines()
+    plan, *lines = capsys.readouterr().err.strip().splitlines()
+    # first what was chosen and why (parallel.choose), then a line per run, each with an ETA
+    assert plan.startswith("normopt compare: 2 run(s), in this process, 1 torch thread(s)")
+    assert "less than starting processes would pay back" in plan
     assert len(lines) == 2, lines
+    assert all(", ETA " in line for line in lines)
     assert lines[0].startswith("[6/12 steps, ") and "adamw lr=" in lines[0]
     assert lines[1].startswith("[12/12 steps, ") and "muon lr=" in lines[1]
     assert all("loss " in line and line.endswith("run ended") for line in lines)

@@ -1,6 +1,9 @@
 """``normopt compare`` and ``normopt sweep``: flags are the fields of the config dataclasses.
 
 Precedence: the dataclass defaults, then ``--config FILE`` (JSON), then the flags given.
+``--resume DIR`` continues a job in its report folder (see
+:mod:`normopt.experiments.store`). SIGINT or SIGTERM writes the partial report and exits
+with 128 + the signal's number (130, 143). Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -8,6 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
+import shutil
+import signal
 import sys
 import types
 import typing
@@ -94,6 +100,35 @@ def config_from_args(cls: type[C.C], args: argparse.Namespace) -> C.C:
     return dataclasses.replace(base, **given)
 
 
+# what --resume accepts beside it: nothing that changes a number
+_RESUME_FLAGS = ("jobs",)
+
+
+def resume_config(cls: type[C.C], args: argparse.Namespace) -> tuple[C.C, Path]:
+    """The config of the job in ``args.resume`` (its config.json) and the folder; only
+    --jobs may be given beside it."""
+    folder = Path(args.resume)
+    if args.config:
+        raise ValueError("--resume: takes the config from DIR/config.json; drop --config")
+    others = [
+        "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(cls)
+        if hasattr(args, f.name) and f.name not in _RESUME_FLAGS
+    ]
+    if others:
+        raise ValueError(
+            f"--resume: {', '.join(others)} would change the job; a resumed job keeps its "
+            "config (only --jobs may change)"
+        )
+    path = folder / "config.json"
+    if not path.exists():
+        raise ValueError(f"--resume: no {path}: not a report folder of normopt compare/sweep")
+    cfg = C.load(cls, path)
+    if hasattr(args, "jobs"):
+        cfg = dataclasses.replace(cfg, jobs=args.jobs)
+    return cfg, folder
+
+
 def _list(stream: Any = None) -> int:
     from normopt.experiments.optimizers import OPTIMIZERS
     from normopt.experiments.tasks import TASKS
@@ -160,30 +195,65 @@ def _run(command: str, args: argparse.Namespace) -> int:
         raise
 
 
+def _discard(out: Path, created: bool) -> None:
+    """Remove a report folder that this call made and nothing ran into."""
+    if created and out.exists() and [f.name for f in out.iterdir()] == ["config.json"]:
+        shutil.rmtree(out)
+
+
 def _run_checked(command: str, args: argparse.Namespace) -> int:
     from normopt.experiments import report
-    from normopt.experiments.compare import run_compare, run_sweep
+    from normopt.experiments.compare import JobInterrupted, run_compare, run_sweep
     from normopt.experiments.data import DataUnavailable
+    from normopt.experiments.runner import signals_interrupt
+    from normopt.experiments.store import RunStore
 
-    try:
-        if command == "compare":
-            compare_cfg = config_from_args(C.CompareConfig, args)
-            out = _out(compare_cfg, command)
-            metrics = run_compare(compare_cfg, quiet=args.quiet)
-            report.write_compare_report(metrics, out)
-            if metrics["tuning"]:
-                print(report.tuning_table(metrics) + "\n")
-            print(report.compare_table(metrics))
-        else:
-            sweep_cfg = config_from_args(C.SweepConfig, args)
-            out = _out(sweep_cfg, command)
-            metrics = run_sweep(sweep_cfg, quiet=args.quiet)
-            report.write_sweep_report(metrics, out)
-            print(f"basin: {metrics['basin_rule']}")
-            print(report.sweep_table(metrics))
-    except DataUnavailable as e:
-        print(f"normopt {command}: {e}", file=sys.stderr)
-        return 1
+    cls: type[C.TrainConfig] = C.CompareConfig if command == "compare" else C.SweepConfig
+    if args.resume:
+        cfg, out = resume_config(cls, args)
+    else:
+        cfg = config_from_args(cls, args)
+        out = _out(cfg, command)
+    resolved = C.resolve(cfg)
+    # the folder's config first: a killed job can be resumed from it
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    saved = dict(C.to_dict(resolved), out=None)
+    (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    store = RunStore(out, saved)
+    with signals_interrupt():
+        try:
+            if command == "compare":
+                metrics = run_compare(resolved, quiet=args.quiet, store=store)  # type: ignore[arg-type]
+                report.write_compare_report(metrics, out)
+                if metrics["tuning"]:
+                    print(report.tuning_table(metrics) + "\n")
+                print(report.compare_table(metrics))
+                print("\n" + report.verdict_text(metrics))
+            else:
+                metrics = run_sweep(resolved, quiet=args.quiet, store=store)  # type: ignore[arg-type]
+                report.write_sweep_report(metrics, out)
+                print(f"basin: {metrics['basin_rule']}")
+                print(report.sweep_table(metrics))
+        except DataUnavailable as e:
+            _discard(out, created)
+            print(f"normopt {command}: {e}", file=sys.stderr)
+            return 1
+        except ModuleNotFoundError:  # an extra's module: _run says which
+            _discard(out, created)
+            raise
+        except JobInterrupted as e:
+            name = signal.Signals(e.signum).name
+            e.metrics["signal"] = name
+            report.write_partial_report(e.metrics, out)
+            finished, unfinished = len(e.metrics["runs"]), len(e.metrics["unfinished"])
+            print(
+                f"\nnormopt {command}: {name}: stopped with {finished} run(s) finished and "
+                f"{unfinished} unfinished; partial report: {out / 'summary.md'}\n"
+                f"resume with: normopt {command} --resume {out}",
+                file=sys.stderr,
+            )
+            return 128 + e.signum
     print(f"\nreport: {out / 'summary.md'}")
     return 0
 
@@ -204,6 +274,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument(
             "--config", metavar="FILE", help="a JSON config (e.g. a report's config.json)"
+        )
+        p.add_argument(
+            "--resume",
+            metavar="DIR",
+            help="continue the job whose report folder is DIR (after a kill): runs only what "
+            "is missing; --jobs may change, nothing else",
         )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument(

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from normopt._checks import check_int, check_number
-from normopt.experiments.optimizers import OPTIMIZERS, check_optimizer
-from normopt.experiments.tasks import TASKS, get_task
+# The registries (optimizers, tasks) and the checks import torch: they are imported where a
+# config is built or resolved, not here, so that `normopt compare --help` (which reads the
+# fields below) starts without torch.
 
 SCHEDULES = ("constant", "linear", "cosine")
 C = TypeVar("C", bound="TrainConfig")
@@ -68,18 +68,18 @@ class TrainConfig:
     threads: int | None = field(
         default=None,
         metadata=_help(
-            "torch CPU threads (default: torch's choice, one per core); 1 is far faster "
-            "when other processes share the cores"
+            "torch CPU threads per run (default 1: then the numbers do not depend on the "
+            "machine or on --jobs; more threads change the float rounding, and so the losses)"
         ),
     )
     device: str = field(
         default="auto", metadata=_help("auto (a GPU when present), cpu, cuda, cuda:N")
     )
-    jobs: int = field(
-        default=1,
+    jobs: int | None = field(
+        default=None,
         metadata=_help(
-            "runs trained at once, each in its own process with --threads (default 1) torch "
-            "threads; results do not depend on it"
+            "runs trained at once, each in its own process (default: chosen from the CPUs "
+            "available and the job's size, and printed); results do not depend on it"
         ),
     )
     reference: str = field(
@@ -95,6 +95,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        from normopt._checks import check_int, check_number
+        from normopt.experiments.optimizers import OPTIMIZERS
+        from normopt.experiments.tasks import TASKS
+
         # Stored as plain immutable values, whatever sequence or mapping came in.
         object.__setattr__(self, "optimizers", tuple(self.optimizers))
         object.__setattr__(self, "lr", types.MappingProxyType(dict(self.lr)))
@@ -110,6 +114,17 @@ class TrainConfig:
                 )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"--optimizers: a name appears twice in {','.join(self.optimizers)}")
+        idle = [name for name in self.lr if name not in self.optimizers]
+        if idle:
+            hint = (
+                "; the AdamW part of hybrids is --adamw-lr"
+                if "adamw" in idle and "adamw" not in self.optimizers
+                else ""
+            )
+            raise ValueError(
+                f"--lr: {', '.join(idle)} is not among --optimizers "
+                f"({','.join(self.optimizers)}){hint}"
+            )
         for name in ("steps", "batch_size", "eval_every", "seeds", "threads", "jobs"):
             if getattr(self, name) is not None:
                 check_int(_flag(name), getattr(self, name), 1)
@@ -171,6 +186,8 @@ class CompareConfig(TrainConfig):
     )
 
     def __post_init__(self) -> None:
+        from normopt._checks import check_int, check_number
+
         object.__setattr__(self, "tune_factors", tuple(self.tune_factors))
         object.__setattr__(self, "tune_rungs", tuple(self.tune_rungs))
         super().__post_init__()
@@ -214,6 +231,8 @@ class SweepConfig(TrainConfig):
     )
 
     def __post_init__(self) -> None:
+        from normopt._checks import check_number
+
         object.__setattr__(self, "lrs", tuple(self.lrs))
         object.__setattr__(self, "lr_factors", tuple(self.lr_factors))
         super().__post_init__()
@@ -257,6 +276,9 @@ def _flag(name: str) -> str:
 
 def resolve(cfg: C) -> C:
     """Fill task defaults (steps, batch, eval, learning rates) and check the optimizers exist."""
+    from normopt.experiments.optimizers import OPTIMIZERS, check_optimizer
+    from normopt.experiments.tasks import get_task
+
     task = get_task(cfg.task)
     for name in cfg.optimizers:
         try:

@@ -68,15 +68,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool)
     )
 
 
+def _pair(cpu: float, wall: float, digits: int) -> str:
+    """CPU / wall: two times of one thing, CPU first."""
+    return f"{_g(cpu, digits)} / {_g(wall, digits)}"
+
+
 def compare_table(metrics: dict[str, Any], markdown: bool = False) -> str:
     ref = metrics["reference"]["optimizer"]
     seeds = metrics["config"]["seeds"]
     spread_note = " (mean ± std)" if seeds > 1 else ""
     lr = "lr (searched)" if metrics.get("tuning") else "lr"
     header = ["optimizer", lr, f"final val loss{spread_note}", "best val", "final train",
-              "val acc", "ms/step", "train s"]  # fmt: skip
+              "val acc", "ms/step CPU / wall", "train s CPU / wall"]  # fmt: skip
     if ref:
-        header += [f"steps to {ref}", f"s to {ref}"]
+        header += [f"steps to {ref}", f"s to {ref} CPU / wall"]
     rows = []
     for s in metrics["summary"]:
         row = [
@@ -86,13 +91,131 @@ def compare_table(metrics: dict[str, Any], markdown: bool = False) -> str:
             _g(s["best_val_loss"]["mean"]),
             _g(s["final_train_loss"]["mean"]),
             _g(s["final_val_acc"]["mean"], 3),
-            _g(s["median_step_ms"], 1),
-            _g(s["train_seconds"], 1),
+            _pair(s.get("median_step_cpu_ms", math.nan), s["median_step_ms"], 1),
+            _pair(s.get("train_cpu_seconds", math.nan), s["train_seconds"], 1),
         ]
         if ref:
-            row += [_g(s["steps_to_reference"], 0), _g(s["seconds_to_reference"], 1)]
+            reach = s.get("to_reference")
+            partial = (
+                f" ({reach['reached']}/{reach['seeds']})"
+                if reach and 0 < reach["reached"] < reach["seeds"]
+                else ""
+            )
+            row += [
+                _g(s["steps_to_reference"], 0) + partial,
+                _pair(s.get("cpu_seconds_to_reference", math.nan), s["seconds_to_reference"], 1),
+            ]
         rows.append(row)
     return _table(header, rows, markdown)
+
+
+def _mean_sd(s: dict[str, float], digits: int) -> str:
+    if not s["n"] or not math.isfinite(s["mean"]):
+        return "—"
+    if s["n"] > 1:
+        return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f}"
+
+
+def load_warning(env: dict[str, Any]) -> str | None:
+    """A sentence when the load average exceeded the CPUs while the runs trained."""
+    load, cpus = env.get("load_average_max"), env.get("cpus_available")
+    if load is None or cpus is None or not math.isfinite(load) or load <= cpus:
+        return None
+    return (
+        f"The load average reached {load:.1f} on {cpus} CPU(s) while the runs trained (this "
+        "job's own processes included): wall-clock times include time spent waiting for a "
+        "CPU and are not comparable across runs; the CPU-time columns are."
+    )
+
+
+def verdict_text(metrics: dict[str, Any]) -> str:
+    """One paragraph: the winner by final validation loss, every other optimizer's paired
+    difference to it with a 95% interval and whether it is significant, steps and time to
+    the reference optimizer's loss with their spread, and the warnings that apply."""
+    v, cfg, env = metrics["verdict"], metrics["config"], metrics["environment"]
+    seeds = v["seeds"]
+    parts: list[str] = []
+    if v["winner"] is None:
+        parts.append(
+            "**Verdict.** Every optimizer diverged on at least one seed: there is no winner."
+        )
+    else:
+        w, wl = v["winner"], v["winner_loss"]
+        over = f" ± {wl['std']:.4f} (mean ± sd over {seeds} seeds)" if seeds > 1 else " (1 seed)"
+        parts.append(
+            f"**Verdict.** {w} reached the lowest final validation loss, {wl['mean']:.4f}{over}."
+        )
+        items = []
+        for o, d in v["pairs"].items():
+            if d["n"] == 0:
+                items.append(f"{o}: none (it diverged on {d['diverged']} of {seeds} seeds)")
+                continue
+            text = f"{o} {d['mean']:+.4f}"
+            if d["n"] >= 2:
+                sig = (
+                    "significant"
+                    if d["significant"]
+                    else "not significant: the interval includes 0"
+                )
+                text += f" (95% interval {d['lo']:+.4f} to {d['hi']:+.4f}, {sig})"
+            else:
+                text += " (one seed: no interval)"
+            if d["diverged"]:
+                text += f", and it diverged on {d['diverged']} of {seeds} seeds"
+            items.append(text)
+        if items:
+            parts.append(
+                f"Each other optimizer's final validation loss minus {w}'s on the same seed "
+                "(same init and batches), averaged over seeds: " + "; ".join(items) + "."
+            )
+    ref = metrics["reference"]["optimizer"]
+    if ref:
+        rows = []
+        for s in metrics["summary"]:
+            reach = s.get("to_reference")
+            if s["optimizer"] == ref or not reach:
+                continue
+            if reach["reached"] == 0:
+                rows.append(f"{s['optimizer']} never did")
+                continue
+            some = (
+                ""
+                if reach["reached"] == reach["seeds"]
+                else f" on the {reach['reached']} of {reach['seeds']} seeds that got there"
+            )
+            rows.append(
+                f"{s['optimizer']} after {_mean_sd(reach['steps'], 0)} steps, "
+                f"{_mean_sd(reach['cpu_seconds'], 1)} s of CPU "
+                f"({_mean_sd(reach['seconds'], 1)} s wall){some}"
+            )
+        if rows:
+            parts.append(
+                f"Reaching {ref}'s final validation loss (each seed's own; checked every "
+                f"{cfg['eval_every']} steps, mean ± sd over seeds): " + "; ".join(rows) + "."
+            )
+    warnings = []
+    if seeds == 1:
+        warnings.append(
+            "One seed: no interval, and no measure of how much of a difference is luck of the "
+            "init and the data order; run --seeds 3 or more before trusting the order."
+        )
+    elif seeds < 3:
+        warnings.append(
+            f"Only {seeds} seeds: the intervals are wide (t = 12.7 at 2 seeds) and rest on a "
+            "rough noise estimate; run --seeds 3 or more."
+        )
+    for o, bad in v["diverged"].items():
+        warnings.append(
+            f"{o} diverged on seed(s) {', '.join(map(str, bad))} (stopped early; a diverged "
+            "run counts as inf)."
+        )
+    load = load_warning(env)
+    if load:
+        warnings.append(load)
+    if warnings:
+        parts.append("**Warning.** " + " ".join(warnings))
+    return " ".join(parts)
 
 
 def tuning_table(metrics: dict[str, Any], markdown: bool = False) -> str:
@@ -224,43 +347,113 @@ def _styles(names: Sequence[str]) -> dict[str, str]:
     return {n: ("-", "--", "-.", ":")[i % 4] for i, n in enumerate(names)}
 
 
+def _cumulative(values: Sequence[float]) -> list[float]:
+    out, t = [], 0.0
+    for v in values:
+        t += v
+        out.append(t)
+    return out
+
+
+def _uses_cpu_time(metrics: dict[str, Any]) -> bool:
+    """Time axes in CPU seconds for CPU runs that recorded them (they do not grow while a
+    run waits for a CPU), else wall-clock seconds (a GPU's time is wall time)."""
+    runs = metrics["runs"] + metrics.get("unfinished", [])
+    return metrics["environment"]["device"] == "cpu" and all(r.get("step_cpu") for r in runs)
+
+
+def _run_x(run: dict[str, Any], x_axis: str, cpu: bool) -> tuple[list[float], list[float]]:
+    """x of every training step and of every validation of one run."""
+    if x_axis == "step":
+        return [float(i) for i in range(1, len(run["train_loss"]) + 1)], [
+            float(s) for s in run["eval"]["step"]
+        ]
+    if cpu:
+        return _cumulative(run["step_cpu"]), list(run["eval"]["cpu"])
+    return _cumulative(run["step_time"]), list(run["eval"]["time"])
+
+
+def _band(
+    xs: list[list[float]], ys: list[list[float]]
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Over the common prefix of several curves: mean x, mean y, min y, max y."""
+    n = min(len(y) for y in ys)
+    mx = [sum(x[i] for x in xs) / len(xs) for i in range(n)]
+    my = [sum(y[i] for y in ys) / len(ys) for i in range(n)]
+    return (
+        mx,
+        my,
+        [min(y[i] for y in ys) for i in range(n)],
+        [max(y[i] for y in ys) for i in range(n)],
+    )
+
+
 def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
-    """Training (smoothed) and validation loss vs step or vs training seconds, per optimizer."""
+    """Training (smoothed) and validation loss vs step or vs training seconds, per optimizer:
+    with several seeds, the seed mean (of the runs that did not diverge) with a band from
+    the lowest to the highest seed, and each seed faintly. Unfinished runs (a partial
+    report) are dashed."""
     fig = _figure(2)
     ax_train, ax_val = fig.subplots(1, 2)
-    names = [s["optimizer"] for s in metrics["summary"]]
+    runs = [dict(r, finished=True) for r in metrics["runs"]] + [
+        dict(r, finished=False) for r in metrics.get("unfinished", [])
+    ]
+    names = list(dict.fromkeys(r["optimizer"] for r in runs))
     colors, styles = _colors(names), _styles(names)
     steps = metrics["config"]["steps"]
     window = max(1, steps // 50)
+    cpu = _uses_cpu_time(metrics)
     lows = {ax_train: math.inf, ax_val: math.inf}
-    for run in metrics["runs"]:
-        c, ls = colors[run["optimizer"]], styles[run["optimizer"]]
-        label = run["optimizer"] if run["seed"] == 0 else None
-        loss = _smooth(run["train_loss"], window)
-        if x_axis == "step":
-            x = list(range(1, len(loss) + 1))
-        else:
-            x, t = [], 0.0
-            for dt in run["step_time"]:
-                t += dt
-                x.append(t)
-        ax_train.plot(x, loss, color=c, ls=ls, lw=1.2, alpha=0.85, label=label)
-        ev = run["eval"]
-        ax_val.plot(
-            ev[x_axis],
-            ev["val_loss"],
-            color=c,
-            ls=ls,
-            lw=1.2,
-            marker=".",
-            ms=3,
-            alpha=0.85,
-            label=label,
-        )
-        lows[ax_train] = min([lows[ax_train], *(v for v in loss if math.isfinite(v))])
-        lows[ax_val] = min([lows[ax_val], *(v for v in ev["val_loss"] if math.isfinite(v))])
+    for name in names:
+        mine = [r for r in runs if r["optimizer"] == name]
+        c, ls = colors[name], styles[name]
+        several = len(mine) > 1
+        labelled = False
+        curves: dict[str, tuple[list[list[float]], list[list[float]]]] = {
+            "train": ([], []),
+            "val": ([], []),
+        }
+        for run in mine:
+            loss = _smooth(run["train_loss"], window)
+            x_train, x_val = _run_x(run, x_axis, cpu)
+            val = run["eval"]["val_loss"]
+            style = ls if run["finished"] else (0, (2, 2))
+            label = None
+            if not labelled and (not several or not run["finished"]):
+                label = name + ("" if run["finished"] else " (unfinished)")
+                labelled = True
+            kw = {
+                "color": c,
+                "ls": style,
+                "alpha": 0.3 if several else 0.85,
+                "lw": 0.8 if several else 1.2,
+            }
+            ax_train.plot(x_train, loss, label=label, **kw)
+            ax_val.plot(x_val, val, marker="." if not several else None, ms=3, **kw)
+            lows[ax_train] = min([lows[ax_train], *(v for v in loss if math.isfinite(v))])
+            lows[ax_val] = min([lows[ax_val], *(v for v in val if math.isfinite(v))])
+            if several and run["finished"] and not run["diverged"]:
+                curves["train"][0].append(x_train)
+                curves["train"][1].append(loss)
+                curves["val"][0].append(x_val)
+                curves["val"][1].append(val)
+        for ax, key in ((ax_train, "train"), (ax_val, "val")):
+            xs, ys = curves[key]
+            if len(ys) < 2:
+                continue
+            mx, my, lo, hi = _band(xs, ys)
+            ax.fill_between(mx, lo, hi, color=c, alpha=0.15, lw=0)
+            n = len(ys)
+            ax.plot(
+                mx,
+                my,
+                color=c,
+                ls=ls,
+                lw=1.8,
+                label=f"{name} (mean of {n})" if ax is ax_train else None,
+            )
     # Clip at the initial loss: a diverging run should not flatten everyone else's curve.
-    top = max(r["eval"]["val_loss"][0] for r in metrics["runs"])
+    top = max(r["eval"]["val_loss"][0] for r in runs)
     for ax, low in lows.items():
         if math.isfinite(low) and math.isfinite(top) and top > low:
             if low > 0 and top / low > 10:  # losses near 0 (classifiers): a log axis
@@ -269,16 +462,23 @@ def plot_curves(metrics: dict[str, Any], path: Path, x_axis: str) -> None:
             else:
                 pad = 0.04 * (top - low)
                 ax.set_ylim(low - pad, top + pad)
-    xlabel = "step" if x_axis == "step" else "training seconds (validation excluded)"
+    if x_axis == "step":
+        xlabel = "step"
+    elif cpu:
+        xlabel = "training CPU seconds (validation excluded)"
+    else:
+        xlabel = "training seconds, wall clock (validation excluded)"
     ax_train.set(
         title=f"train loss (mean over {window} steps)", xlabel=xlabel, ylabel="loss (nats)"
     )
     ax_val.set(title="validation loss", xlabel=xlabel, ylabel="loss (nats)")
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend()
+    ax_train.legend()
+    seeds = metrics["config"]["seeds"]
+    band = "; band: lowest to highest seed, seeds faint" if seeds > 1 else ""
     fig.suptitle(
-        f"{metrics['task']['name']}: {metrics['config']['seeds']} seed(s), {metrics['environment']['device']}"
+        f"{metrics['task']['name']}: {seeds} seed(s){band}, {metrics['environment']['device']}"
     )
     fig.savefig(path, dpi=110)
 
@@ -389,16 +589,27 @@ def default_out(command: str, task: str) -> Path:
     return Path("reports") / f"{command}-{task}-{stamp}"
 
 
-def _header(metrics: dict[str, Any], out: Path) -> list[str]:
+def _header(metrics: dict[str, Any], out: Path, lead: Sequence[str] = ()) -> list[str]:
+    """Title, then ``lead`` (paragraphs), then the task and the environment."""
     env, task, cfg = metrics["environment"], metrics["task"], metrics["config"]
     return [
         f"# normopt {metrics['command']}: {task['name']}",
         "",
+        *[line for paragraph in lead for line in (paragraph, "")],
         f"{task['summary']}. {task['size']}.",
         "",
         f"- date: {env['date']}",
-        f"- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs, "
-        f"{env['torch_threads']} torch threads; torch {env['torch']}, normopt {env['normopt']}",
+        f"- device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPUs "
+        f"({env.get('cpus_available', env['cpu_count'])} available to the job), "
+        f"{env['torch_threads']} torch thread(s) per run; torch {env['torch']}, "
+        f"normopt {env['normopt']}",
+        *[f"- how the runs were trained: {p}" for p in env.get("parallel", [])],
+        f"- load average: at most {_g(env.get('load_average_max', math.nan), 1)} while training"
+        + (
+            f"; {env['resumed_runs']} run(s) taken from the folder (resumed)"
+            if env.get("resumed_runs")
+            else ""
+        ),
         f"- budget: {cfg['steps']} steps of batch {cfg['batch_size']}, {cfg['seeds']} seed(s), "
         f"schedule {cfg['schedule']} after {cfg['warmup']:g} warmup, weight decay {cfg['weight_decay']:g}, "
         f"AdamW part of hybrids at lr {cfg['adamw_lr']:g}",
@@ -414,7 +625,8 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
     plot_curves(metrics, out / "loss_vs_step.png", "step")
     plot_curves(metrics, out / "loss_vs_time.png", "time")
     ref = metrics["reference"]
-    lines = _header(metrics, out) + [compare_table(metrics, markdown=True), ""]
+    lines = _header(metrics, out, [verdict_text(metrics)])
+    lines += [compare_table(metrics, markdown=True), ""]
     if metrics.get("tuning"):
         plot_lr_search(metrics, out / "lr_search.png")
         cfg = metrics["config"]
@@ -435,14 +647,20 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
         ]
     if ref["optimizer"]:
         lines += [
-            f"Steps / s to {ref['optimizer']}: the first validation (every "
-            f"{metrics['config']['eval_every']} steps) at which an optimizer's seed-mean "
-            f"validation loss is at or below {ref['optimizer']}'s final one ({_g(ref['val_loss'])}).",
+            f"Steps / s to {ref['optimizer']}: on each seed, the first validation (every "
+            f"{metrics['config']['eval_every']} steps) at which the optimizer's validation "
+            f"loss is at or below {ref['optimizer']}'s final one on the same seed (seed mean "
+            f"{_g(ref['val_loss'])}), averaged over the seeds that got there (their count in "
+            "brackets when not all did).",
             "",
         ]
     lines += [
         "Final train loss: mean over the last 5% of steps. ms/step: median over steps of "
-        "forward, backward and update; train s: their sum (validation excluded).",
+        "forward, backward and update; train s: their sum (validation excluded). CPU: the "
+        "CPU time of the process that trained the run (one torch thread unless --threads "
+        "says otherwise), which does not grow while the run waits for a CPU; wall: "
+        "wall-clock time, which does, when the job's runs or other work share the CPUs. "
+        "The time plot's axis is CPU seconds on a CPU, wall seconds on a GPU.",
         "",
         "![loss vs step](loss_vs_step.png)",
         "",
@@ -461,6 +679,47 @@ def write_compare_report(metrics: dict[str, Any], out: Path) -> None:
     ]
     if metrics.get("tuning"):
         lines += ["## Every point of the lr search", "", tuning_points_table(metrics), ""]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def write_partial_report(metrics: dict[str, Any], out: Path) -> None:
+    """The report of an interrupted job (``metrics["partial"]``): its finished runs, the
+    unfinished runs' curves so far (marked as such), and how to resume it."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), allow_nan=False) + "\n")
+    runs, unfinished = metrics["runs"], metrics["unfinished"]
+    if runs or unfinished:
+        plot_curves(metrics, out / "loss_vs_step.png", "step")
+        plot_curves(metrics, out / "loss_vs_time.png", "time")
+    command = metrics["command"]
+    signal_name = metrics.get("signal", "a signal")
+    lead = (
+        f"**Interrupted** ({signal_name}): a partial report. {len(runs)} run(s) finished "
+        f"(each also in `runs/`), {len(unfinished)} did not: their curves so far are below "
+        f"and dashed in the plots, marked unfinished. `normopt {command} --resume {out}` "
+        "trains only what is missing and ends with the report of an uninterrupted job."
+    )
+    lines = _header(metrics, out, [lead])
+    rows = [
+        [r["optimizer"], f"{r['lr']:.3g}", str(r["seed"]), f"{r['steps_done']}/{r['steps']}",
+         "diverged" if r["diverged"] else _g(r["final_val_loss"]),
+         _pair(r.get("train_cpu_seconds", math.nan), r["train_seconds"], 1)]
+        for r in runs
+    ]  # fmt: skip
+    lines += ["## Finished runs", ""]
+    header = ["optimizer", "lr", "seed", "steps", "final val loss", "train s CPU / wall"]
+    lines += [_table(header, rows, True) if rows else "(none)", ""]
+    rows = [
+        [r["optimizer"], f"{r['lr']:.3g}", str(r["seed"]), f"{r['steps_done']}/{r['steps']}",
+         f"{_g(r['eval']['val_loss'][-1])} at step {r['eval']['step'][-1]}"
+         if r["eval"]["val_loss"] else "—"]
+        for r in unfinished
+    ]  # fmt: skip
+    lines += ["## Unfinished runs (curves so far)", ""]
+    header = ["optimizer", "lr", "seed", "steps done", "last val loss"]
+    lines += [_table(header, rows, True) if rows else "(none)", ""]
+    if runs or unfinished:
+        lines += ["![loss vs step](loss_vs_step.png)", "", "![loss vs time](loss_vs_time.png)", ""]
     (out / "summary.md").write_text("\n".join(lines))
 
 

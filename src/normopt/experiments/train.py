@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,10 @@ DIVERGENCE_FACTOR = 3.0
 
 @dataclass
 class RunResult:
-    """Everything one run measured. Times are training seconds (validation excluded)."""
+    """Everything one run measured. Times are training seconds (validation excluded):
+    ``step_time`` and ``eval_time`` wall-clock, ``step_cpu`` and ``eval_cpu`` the CPU time of
+    the process that trained it (:func:`time.process_time`: unlike wall time, it does not grow
+    while the process waits for a CPU that other work holds)."""
 
     optimizer: str
     seed: int
@@ -36,6 +41,17 @@ class RunResult:
     eval_time: list[float] = field(default_factory=list)  # training seconds at each validation
     val_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)  # top-1 (per character for a LM)
+    step_cpu: list[float] = field(default_factory=list)  # CPU seconds per step
+    eval_cpu: list[float] = field(default_factory=list)  # training CPU seconds at each validation
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields (lists are copied); :meth:`from_dict` inverts it exactly."""
+        return {f.name: _copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: _copy(v) for k, v in data.items() if k in names})
 
     @property
     def final_val_loss(self) -> float:
@@ -48,6 +64,10 @@ class RunResult:
             return math.inf
         tail = self.train_loss[-max(1, len(self.train_loss) // 20) :]
         return sum(tail) / len(tail)
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
@@ -91,11 +111,15 @@ def train(
     device: torch.device,
     val_batches: list[Batch],
     on_step: Callable[[int, float], None] | None = None,
+    on_eval: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
     """Train a fresh model and record its curves. ``cfg`` must be resolved (config.resolve).
 
     The model's initialization and the data order depend on ``seed`` only, so every
     optimizer given the same seed starts from the same weights and sees the same batches.
+    ``on_step(step, loss)`` is called after every step, ``on_eval(result)`` after every
+    validation (the first before any step) with the result so far: the curves of a run
+    that is stopped midway.
     """
     if not (cfg.steps and cfg.batch_size and cfg.eval_every):
         raise ValueError("train() needs a resolved config: pass it through config.resolve()")
@@ -113,8 +137,11 @@ def train(
         loss, acc = evaluate(model, val_batches)
         result.eval_step.append(step)
         result.eval_time.append(sum(result.step_time))
+        result.eval_cpu.append(sum(result.step_cpu))
         result.val_loss.append(loss)
         result.val_acc.append(acc)
+        if on_eval is not None:
+            on_eval(result)
 
     validate(0)
     for step in range(steps):
@@ -124,7 +151,7 @@ def train(
                 group["lr"] = base * factor
         x, y = next(batches)  # (B, ...) inputs, (B,) or (B, T) targets
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = loss_fn(model(x), y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -137,6 +164,7 @@ def train(
             break
         value = loss.item()  # waits for the device: the step time includes the update
         result.step_time.append(time.perf_counter() - t0)
+        result.step_cpu.append(time.process_time() - c0)
         result.train_loss.append(value)
 
         if on_step is not None:

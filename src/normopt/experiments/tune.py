@@ -195,27 +195,25 @@ def _round(lr: float) -> float:
 
 
 def search_lrs(
-    cfg: CompareConfig, run_all: Callable[..., Any], quiet: bool = False
-) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, float, int], RunResult]]:
-    """Run the search on ``cfg`` (resolved), training with ``run_all`` (compare's
-    ``_run_all``: passed in, so that this module does not import compare, which imports
-    it). Returns the record per optimizer and the last rung's full-budget runs by
-    (optimizer, lr, seed), for the comparison to reuse."""
-    _run_all = run_all
+    cfg: CompareConfig,
+    train_plan: Callable[[CompareConfig, list[tuple[str, float, int]]], list[RunResult]],
+    quiet: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Run the search on ``cfg`` (resolved), training with ``train_plan(cfg, [(optimizer,
+    lr, seed), ...])`` (the job's :meth:`normopt.experiments.runner.Runner.train`: passed in,
+    so that this module does not import the harness). Returns the record per optimizer; the
+    runner keeps the last rung's full-budget runs, which the comparison then reuses."""
     if cfg.steps is None or cfg.eval_every is None:
         raise ValueError("cfg: resolve() it first (steps and eval_every must be set)")
     seeds = cfg.tune_seeds or cfg.seeds
     lengths = rung_steps(cfg.steps, cfg.tune_rungs)
-    full: dict[tuple[str, float, int], RunResult] = {}
 
     def run(trials: list[Trial]) -> list[float]:
         n = trials[0].steps
         # shortened runs validate only at their end; full ones as the comparison does
         every = cfg.eval_every if n == cfg.steps else n
         rung = dataclasses.replace(cfg, steps=n, eval_every=every)
-        runs, _, _ = _run_all(rung, [(t.optimizer, t.lr, t.seed) for t in trials], quiet)
-        if n == cfg.steps:
-            full.update(((r.optimizer, r.lr, r.seed), r) for r in runs)
+        runs = train_plan(rung, [(t.optimizer, t.lr, t.seed) for t in trials])
         return [r.final_val_loss for r in runs]
 
     def report(r: int, record: dict[str, dict[str, Any]]) -> None:
@@ -236,7 +234,7 @@ def search_lrs(
             kept = ", ".join(f"{lr:.3g}" for lr in rung["kept"])
             print(f"  {opt}: {points}; kept {kept}", file=sys.stderr)
 
-    record = successive_halving(
+    return successive_halving(
         {opt: cfg.lr[opt] for opt in cfg.optimizers},
         cfg.tune_factors,
         lengths,
@@ -245,4 +243,3 @@ def search_lrs(
         run,
         report,
     )
-    return record, full

@@ -23,6 +23,10 @@ pytestmark = pytest.mark.integration  # `normopt compare` and `normopt sweep` en
         (["sweep", "--basin", "lots"], "--basin"),
         (["sweep", "--lrs", "0.1,-1"], "--lrs"),
         (["compare", "--config", "/nonexistent/config.json"], "--config"),
+        # an lr for an optimizer that is not run would be silently ignored
+        (["compare", "--optimizers", "adamw,muon", "--lr", "lion=0.01"], "--lr"),
+        (["compare", "--optimizers", "muon", "--lr", "adamw=0.01"], "--adamw-lr"),
+        (["sweep", "--optimizers", "adamw", "--lr", "sgd=0.1"], "--lr"),
     ],
 )
 def test_bad_flag(argv, flag, capsys):

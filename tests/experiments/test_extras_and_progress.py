@@ -106,3 +106,27 @@ def test_line_progress_speaks_every_interval_within_a_run():
         bar.set_description("x")
         bar.update(2)
     assert quiet.getvalue() == ""
+
+
+def test_line_progress_estimates_the_time_left(monkeypatch):
+    from normopt.experiments import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    stream = io.StringIO()
+    bar = LineProgress(total=100, stream=stream, interval=0.0)
+    bar.note("start")
+    now[0] += 30.0
+    bar.update(25)  # 25 steps in 30 s: 75 left take 90 s
+    bar.status("a 25/50; b 0/50")
+    bar.update(0)
+    now[0] += 30.0
+    bar.update(25)
+    now[0] += 3600.0
+    bar.update(49)
+    bar.note("a: final val loss 1.0, run ended")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[0/100 steps, 0m00s, ETA ?] start"
+    assert lines[1] == "[50/100 steps, 1m00s, ETA 1m00s] a 25/50; b 0/50"
+    assert lines[2] == "[99/100 steps, 1h01m, ETA 0m36s] a 25/50; b 0/50"
+    assert lines[3].endswith("a: final val loss 1.0, run ended")

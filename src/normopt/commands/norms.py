@@ -1,16 +1,22 @@
-"""``normopt norms``: the catalog, with a live check of every dualize map and polar method."""
+"""``normopt norms``: the catalog, with a live check of every dualize map and polar method.
+
+The check runs on one torch thread: its tensors are small, where more threads only add
+synchronization (on a shared 2-core machine the default two threads made the command take
+~50 s of CPU instead of ~4), and one thread gives the same digits on every machine. torch
+is imported when the command runs, not when ``normopt --help`` registers it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-from normopt import linalg
-from normopt import norms as N
+    from normopt import norms as N
 
 # Arguments for the registered norms that need some (the rest are built with none).
 EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
@@ -25,6 +31,8 @@ EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
 
 def catalog() -> list[N.AnyNorm]:
     """One norm per registered name, in name order."""
+    from normopt import norms as N
+
     return [N.get(name, **EXAMPLE_ARGS.get(name, {})) for name in N.names()]
 
 
@@ -36,6 +44,10 @@ def check(norm: N.AnyNorm, m: int, n: int, trials: int, gen: torch.Generator) ->
     """The live check of one norm on random float64 elements: ``||dualize(G)||`` (1),
     ``<G, dualize(G)> - ||G||_*`` (0), and whether random unit directions stay below the dual
     norm. A product norm gets one tensor per block."""
+    import torch
+
+    from normopt import norms as N
+
     product = isinstance(norm, N.ProductNorm)
     blocks = norm.norms if isinstance(norm, N.ProductNorm) else [norm]
     shapes = [_element_shape(b, m, n) for b in blocks]
@@ -58,31 +70,65 @@ def check(norm: N.AnyNorm, m: int, n: int, trials: int, gen: torch.Generator) ->
     return {"unit": unit, "gap": gap, "ok": best <= dual * (1 + 1e-12), "rho": float(rho)}
 
 
+def _cell(text: str, width: int) -> str:
+    """``text`` in a column of ``width``, cut with an ellipsis when longer."""
+    return text.ljust(width) if len(text) <= width else text[: width - 1] + "…"
+
+
+# the widest a norm's name column gets (the product norms' reprs run to 100 characters)
+NAME_WIDTH = 44
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from normopt import linalg
+
     m, n = args.shape
     gen = torch.Generator().manual_seed(args.seed)
     print(f"normopt norm catalog: live check on random float64 tensors (seed {args.seed})")
     print(f"matrices {m}x{n}; vectors of {m * n}; conv kernels {m}x{n}x3x3; product norms")
     print("take one of these per block\n")
-    head = f"{'norm':30s} {'dual':28s} {'rho':>9s} {'||dualize(G)||':>15s} {'<G,D>-||G||*':>13s} {'brute':>7s}"
+    norms = catalog()
+    names = [repr(norm) for norm in norms]
+    duals = [repr(norm.dual()) for norm in norms]
+    w_name = min(NAME_WIDTH, max(len("norm"), *map(len, names)))
+    w_dual = min(NAME_WIDTH, max(len("dual"), *map(len, duals)))
+    head = (
+        f"{'norm':{w_name}s}  {'dual':{w_dual}s}  {'rho':>9s}  {'||dualize(G)||':>15s}  "
+        f"{'<G,D>-||G||*':>13s}  {'brute':>5s}"
+    )
     print(head)
     print("-" * len(head))
     worst = 0.0
     failed = False
-    for norm in catalog():
+    for norm, name, dual in zip(norms, names, duals):
         r = check(norm, m, n, args.trials, gen)
         worst = max(worst, abs(r["unit"] - 1.0), abs(r["gap"]))
         failed = failed or not r["ok"]
         print(
-            f"{norm!r:30.30s} {norm.dual()!r:28.28s} {r['rho']:9.3f} "
-            f"{r['unit']:15.12f} {r['gap']:13.2e} {'ok' if r['ok'] else 'FAIL':>7s}"
+            f"{_cell(name, w_name)}  {_cell(dual, w_dual)}  {r['rho']:9.3f}  "
+            f"{r['unit']:15.12f}  {r['gap']:13.2e}  {'ok' if r['ok'] else 'FAIL':>5s}"
         )
     print(f"\nlargest deviation from the identities: {worst:.2e}")
 
     print("\npolar factor U V^T: singular values of each method (float32 iteration), vs the SVD")
     A = torch.randn(m, n, generator=gen)
     ref = linalg.polar(A.double(), "svd")
-    print(f"{'method':22s} {'steps':>5s} {'s_min':>8s} {'s_max':>8s} {'rel. err':>9s} {'ms':>8s}")
+    print(
+        f"{'method':22s}  {'steps':>5s}  {'s_min':>8s}  {'s_max':>8s}  {'rel. err':>9s}  {'ms':>8s}"
+    )
     for method in ("newton_schulz", "polar_express", "gram_newton_schulz"):
         for steps in (5, 6):
             t0 = time.perf_counter()
@@ -91,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
             s = torch.linalg.svdvals(O.double())
             err = float((O.double() - ref).norm() / ref.norm())
             print(
-                f"{method:22s} {steps:5d} {float(s.min()):8.4f} {float(s.max()):8.4f} {err:9.2e} {ms:8.2f}"
+                f"{method:22s}  {steps:5d}  {float(s.min()):8.4f}  {float(s.max()):8.4f}  "
+                f"{err:9.2e}  {ms:8.2f}"
             )
     ok = worst < 1e-9 and not failed
     print("\nall dualize identities hold" if ok else "\nSOME IDENTITIES FAILED")

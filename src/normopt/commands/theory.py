@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from normopt._checks import check_number
-from normopt.theory import constants, kovalev_schedule
+# normopt.theory and normopt._checks import torch: loaded when the command runs, not when
+# `normopt --help` imports this module to register it.
 
 # The norms compared by default, with the optimizer each one's dualize map gives (SPEC A3).
 _LABELS = {
@@ -30,6 +30,8 @@ def table(
     norm_names: tuple[str, ...] = DEFAULT_NORMS,
 ) -> dict[str, Any]:
     """The numbers ``normopt theory`` prints, as a plain dict (the ``--json`` output)."""
+    from normopt.theory import constants, kovalev_schedule
+
     cols: list[dict[str, Any]] = []
     for name in norm_names:
         c = constants(name, shape, Lf)
@@ -135,6 +137,8 @@ def _number(text: str, *, positive: bool) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    from normopt._checks import check_number
+
     try:
         return check_number("value", value, low_open=positive)
     except ValueError as e:  # argparse names the flag

@@ -52,3 +52,34 @@ def test_figures_and_pages_exist() -> None:
     guide = (DOCS / "guide.md").read_text()
     for png in ("digits_loss_vs_step.png", "digits_loss_vs_time.png", "digits_sweep.png"):
         assert f"_static/{png}" in guide
+
+
+def _check_site():
+    spec = importlib.util.spec_from_file_location("check_site", DOCS / "check_site.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_site_check_catches_a_cdn_and_a_broken_anchor(tmp_path) -> None:
+    """docs/check_site.py (run on the built site in .ci/run) fails a page that loads MathJax
+    from a CDN and a link to an anchor that does not exist."""
+    check = _check_site()
+    mathjax = tmp_path / "_static" / "mathjax"
+    (mathjax / "output" / "chtml" / "fonts" / "woff-v2").mkdir(parents=True)
+    for name in ("tex-chtml.js", "startup.js"):
+        (mathjax / name).write_text("")
+    page = '<span class="math">\\(x\\)</span><script src="{src}"></script><a href="#{a}">x</a>'
+    (tmp_path / "index.html").write_text(
+        page.format(src="_static/mathjax/tex-chtml.js", a="top") + '<p id="top"></p>'
+    )
+    assert check.check_math(tmp_path) == ([], 1)
+    assert check.check_links(tmp_path) == ([], 1)
+    (tmp_path / "guide.html").write_text(
+        page.format(src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js", a="gone")
+    )
+    problems, _ = check.check_math(tmp_path)
+    assert len(problems) == 1 and "cdn.jsdelivr.net" in problems[0]
+    problems, _ = check.check_links(tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("guide.html") and "#gone" in problems[0]

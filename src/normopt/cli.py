@@ -11,7 +11,7 @@ from collections.abc import Sequence
 # subcommands and sets ``func`` (args -> exit code) on them. A new command is
 # one line here. Every one is imported to build the parser, `normopt --help` too, so a
 # command module must be cheap to import: torch and the rest of normopt are imported inside
-# its ``func`` (tests/test_cli.py checks that `--help` loads no torch).
+# its ``func`` (tests/test_command_line.py checks that `--help` loads no torch).
 _COMMAND_MODULES = (
     "normopt.commands.norms",
     "normopt.commands.theory",

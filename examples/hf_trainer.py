@@ -13,6 +13,9 @@ normopt.Muon routes every tensor itself (``normopt.describe(model, optimizer=opt
 prints who got what): Muon on GPT-2's ``Conv1D`` matrices, ``c_attn`` split into q, k, v;
 AdamW on the embeddings and tied head, gains and biases. Each algorithm has its own param
 groups, so the scheduler (and anything else that edits ``group["lr"]``) reaches all of them.
+``Trainer`` logs one ``learning_rate``, the scheduler's first group's (here an AdamW
+group's); :class:`LRByAlgorithmTrainer` adds each algorithm's own, ``lr_muon`` and
+``lr_adamw``, to every log line.
 
     python3 examples/hf_trainer.py --out /tmp/hf-muon --steps 200 --save-steps 100
     python3 examples/hf_trainer.py --out /tmp/hf-muon --steps 200 --save-steps 100 --resume
@@ -66,6 +69,9 @@ class TorchMuonAdamW(torch.optim.Optimizer):
             (hidden if is_hidden else other).append(p)
         self.muon = torch.optim.Muon(hidden, lr=lr)
         self.adamw = torch.optim.AdamW(other, lr=adamw_lr)
+        for name, opt in (("muon", self.muon), ("adamw", self.adamw)):
+            for group in opt.param_groups:  # named as normopt.Muon names its groups
+                group["algorithm"] = name
         super().__init__(hidden + other, {})
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
@@ -92,6 +98,28 @@ class TorchMuonAdamW(torch.optim.Optimizer):
         # torch's load_state_dict makes new group dicts (accelerate calls it when Trainer
         # prepares the optimizer): share those, or the scheduler edits stale copies
         self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
+
+
+def lr_by_algorithm(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``{"lr_muon": ..., "lr_adamw": ...}``: the learning rate of each algorithm's first
+    param group, as the scheduler has set it."""
+    out: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        key = f"lr_{group.get('algorithm', 'all')}"
+        if key not in out:
+            lr = group["lr"]
+            out[key] = float(lr.item() if torch.is_tensor(lr) else lr)
+    return out
+
+
+class LRByAlgorithmTrainer(Trainer):
+    """``Trainer`` whose log lines hold each algorithm's learning rate (``lr_muon``,
+    ``lr_adamw``) beside its own ``learning_rate`` (the first param group's only)."""
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "learning_rate" in logs and self.optimizer is not None:
+            logs = {**logs, **lr_by_algorithm(self.optimizer)}
+        super().log(logs, *args, **kwargs)
 
 
 def make_optimizer(
@@ -152,7 +180,7 @@ def train(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = Trainer(
+    trainer = LRByAlgorithmTrainer(
         model=model,
         args=args,
         train_dataset=CharWindows(train_ids, block, train_windows, seed=seed),

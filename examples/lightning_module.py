@@ -19,6 +19,10 @@ scheduler's.
     python3 examples/lightning_module.py --out /tmp/pl-muon --epochs 3
     # interrupted? the same command, from the last checkpoint written:
     python3 examples/lightning_module.py --out /tmp/pl-muon --epochs 3 --resume /tmp/pl-muon/epoch=0.ckpt
+
+On a terminal Lightning's progress bar shows the training; elsewhere (a log file, a job
+scheduler, CI), where a bar's carriage returns make an unreadable log, :class:`LineProgress`
+prints a line every 30 seconds and one per validation instead.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,38 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+class LineProgress(L.Callback):
+    """Progress as plain lines on stderr: ``epoch E, step S/N: train_loss L`` every
+    ``interval`` seconds, and the validation loss after every validation."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+        self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            loss = trainer.callback_metrics.get("train_loss")
+            shown = f": train_loss {float(loss):.4f}" if loss is not None else ""
+            self._say(
+                f"epoch {trainer.current_epoch}, step {trainer.global_step}/"
+                f"{trainer.estimated_stepping_batches}{shown}"
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = trainer.callback_metrics.get("val_loss")
+        if loss is not None:
+            self._say(
+                f"epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                f"val_loss {float(loss):.4f}"
+            )
 
 
 class CharTransformer(L.LightningModule):
@@ -134,11 +171,14 @@ def train(
     lr: float = 0.02,
     warmup: int = 10,
     seed: int = 0,
+    progress_every: float = 30.0,
 ) -> dict[str, Any]:
     """Fit for ``epochs`` epochs (``resume``: from that checkpoint, up to ``epochs`` in all),
     saving a checkpoint ``out/epoch=N.ckpt`` after every epoch (N from 0). The schedule
-    spans ``epochs``: resume with the arguments of the interrupted run.
-    Returns the final ``val_loss``, the ``module`` and the ``trainer``."""
+    spans ``epochs``: resume with the arguments of the interrupted run. Progress: Lightning's
+    bar when stderr is a terminal, else a :class:`LineProgress` line every
+    ``progress_every`` seconds. Returns the final ``val_loss``, the ``module`` and the
+    ``trainer``."""
     if epochs < 1:
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
     train_ids, val_ids, vocab = load_text(data)
@@ -156,13 +196,14 @@ def train(
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=out, filename="{epoch}", every_n_epochs=1, save_top_k=-1
     )
+    bar = sys.stderr.isatty()
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         logger=False,
-        callbacks=[checkpoints],
-        enable_progress_bar=False,
+        callbacks=[checkpoints] if bar else [checkpoints, LineProgress(progress_every)],
+        enable_progress_bar=bar,
         enable_model_summary=False,
     )
     trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)

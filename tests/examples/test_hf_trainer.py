@@ -75,3 +75,17 @@ def test_the_script_runs(hf, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "attn.c_attn.weight" in out and "split into 3" in out  # normopt.describe's table
     assert '"eval_loss"' in out
+
+
+@pytest.mark.parametrize("optimizer", ["normopt", "torch-muon"])
+def test_the_logs_hold_each_algorithms_learning_rate(hf, tmp_path, optimizer):
+    """Trainer's own "learning_rate" is one group's; the example logs Muon's and AdamW's."""
+    result = hf.train(tmp_path, steps=4, optimizer=optimizer, schedule="linear", **SMALL)
+    logged = [h for h in result["trainer"].state.log_history if "learning_rate" in h]
+    assert logged
+    groups = {g["algorithm"]: g["initial_lr"] for g in result["optimizer"].param_groups}
+    for entry in logged:
+        step = entry["step"]  # linear warmup over 2 steps, then linearly to 0 at step 4
+        factor = step / 2 if step < 2 else (4 - step) / 2
+        assert entry["lr_muon"] == pytest.approx(factor * groups["muon"], abs=1e-12)
+        assert entry["lr_adamw"] == pytest.approx(factor * groups["adamw"], abs=1e-12)

@@ -34,3 +34,12 @@ def test_the_script_runs(tmp_path, capsys):
     pl = importlib.import_module("lightning_module")
     assert pl.main(["--out", str(tmp_path), "--epochs", "1", "--data", "generated"]) == 0
     assert '"val_loss"' in capsys.readouterr().out
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """Under pytest stderr is not a terminal: lines instead of a bar, never silent."""
+    pl = importlib.import_module("lightning_module")
+    pl.train(tmp_path, epochs=1, progress_every=0.0, **SMALL)
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("epoch 0, step 1/2: train_loss ") for line in lines), lines
+    assert any(line.startswith("epoch 0, step 2: val_loss ") for line in lines), lines

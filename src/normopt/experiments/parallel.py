@@ -56,6 +56,16 @@ def load_average() -> float:
 
 
 def _free_memory() -> int | None:
+    """Memory available to new processes: MemAvailable (free plus reclaimable cache) where
+    the kernel says, else the free pages; None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):

@@ -11,6 +11,7 @@ them. :func:`signals_interrupt` turns SIGINT and SIGTERM into :class:`Interrupte
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -247,30 +248,37 @@ class Runner:
         """``todo`` on ``plan.jobs`` fresh (spawned) processes. Each rebuilds the registry by
         importing normopt.experiments, so only optimizers registered by normopt run there
         (parallel.choose checks it; an explicit --jobs with others fails in the worker)."""
+        self.problem  # noqa: B018  (load the data here first: a missing data set says so here)
         lrs = {k[0]: k[1] for k in todo}  # every optimizer of the batch, at an lr it has here
         worker_cfg = dataclasses.replace(cfg, optimizers=tuple(lrs), lr=lrs)
         ctx = multiprocessing.get_context("spawn")
         messages: Any = ctx.Queue()
         done = {k: 0 for k in todo}
+        pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=plan.jobs,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(type(cfg), to_dict(worker_cfg), plan.threads, messages),
+        )
         try:
-            with ctx.Pool(
-                plan.jobs,
-                initializer=_worker_init,
-                initargs=(type(cfg), to_dict(worker_cfg), plan.threads, messages),
-            ) as pool:
-                pending = {k: pool.apply_async(_worker_train, (k,)) for k in todo}
-                while pending:
-                    self._drain(messages, done, bar)
-                    for key in [k for k, r in pending.items() if r.ready()]:
-                        run = RunResult.from_dict(pending.pop(key).get())
-                        bar.update(key[3] - done[key])
-                        done[key] = key[3]
-                        self._finish(key, run)
-                        _note(bar, f"{_describe(key)}: {_final(run)}, run ended")
-                    self.sample_load()
-                    running = [k for k in pending if done[k] > 0]
-                    _status(bar, "; ".join(f"{_describe(k)} {done[k]}/{k[3]}" for k in running))
+            pending = {pool.submit(_worker_train, k): k for k in todo}
+            while pending:
+                self._drain(messages, done, bar)
+                for future in [f for f in pending if f.done()]:
+                    key = pending.pop(future)
+                    run = RunResult.from_dict(future.result())  # a worker's error, raised here
+                    bar.update(key[3] - done[key])
+                    done[key] = key[3]
+                    self._finish(key, run)
+                    _note(bar, f"{_describe(key)}: {_final(run)}, run ended")
+                self.sample_load()
+                running = [k for k in pending.values() if done[k] > 0]
+                _status(bar, "; ".join(f"{_describe(k)} {done[k]}/{k[3]}" for k in running))
+        except BaseException:
+            _stop_workers(pool)
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             messages.close()
             messages.cancel_join_thread()
 
@@ -294,6 +302,21 @@ class Runner:
                 msg = messages.get_nowait()
             except queue_module.Empty:
                 return
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End the workers now (SIGTERM), running runs included: the job was interrupted or
+    failed, and waiting for their runs to finish could take minutes."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        for process in processes:
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=10)
 
 
 def _final(run: RunResult) -> str:

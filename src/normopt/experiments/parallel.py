@@ -1,6 +1,6 @@
 """How many runs the harness trains at once, and on how many threads each.
 
-The rule, chosen so that the numbers never depend on the machine:
+The rule, chosen so that the numbers do not depend on the load, the core count or ``--jobs``:
 
 * **One intra-op thread per run** (unless ``--threads`` says otherwise). A matrix product
   split over more threads sums in another order, and the rounding differences grow over
@@ -115,7 +115,7 @@ def choose(
     free_memory = _free_memory() if free_memory is None else free_memory
     n_threads = threads or 1
     thread_note = (
-        "one thread per run, so the numbers do not depend on the machine or on --jobs"
+        "one thread per run, so the numbers do not depend on the load, the CPUs or --jobs"
         if threads is None or threads == 1
         else f"--threads {threads}: the numbers differ in rounding from those at 1 thread"
     )

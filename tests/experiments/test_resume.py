@@ -132,3 +132,38 @@ def test_resume_refuses_flags_that_change_the_job_and_runs_of_another_config(tmp
     # --jobs may change
     (out / "config.json").write_text(json.dumps(config))
     assert main(["compare", "--resume", str(out), "--jobs", "1", "--quiet"]) == 0
+
+
+def test_ctrl_c_in_python_raises_job_interrupted_with_the_partial_metrics(tmp_path):
+    """run_compare from Python: Ctrl-C (KeyboardInterrupt) mid-run gives JobInterrupted
+    holding the finished runs and the interrupted run's curve so far."""
+    import torch
+
+    from normopt.experiments import CompareConfig, report, run_compare
+    from normopt.experiments.compare import JobInterrupted
+    from normopt.experiments.optimizers import OPTIMIZERS, register_optimizer
+
+    class Stops(torch.optim.SGD):
+        def step(self, closure=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 25:
+                raise KeyboardInterrupt
+            return super().step(closure)
+
+    register_optimizer("test-ctrl-c", lr=0.1, summary="SGD that is interrupted at step 25")(
+        lambda model, lr, cfg: Stops(model.parameters(), lr=lr)
+    )
+    try:
+        cfg = CompareConfig(task="synthetic", optimizers=("adamw", "test-ctrl-c"), steps=40,
+                            eval_every=10)  # fmt: skip
+        with pytest.raises(JobInterrupted) as caught:
+            run_compare(cfg, quiet=True)
+    finally:
+        del OPTIMIZERS["test-ctrl-c"]
+    metrics = caught.value.metrics
+    assert caught.value.signum == signal.SIGINT and metrics["partial"]
+    assert [(r["optimizer"], r["steps_done"]) for r in metrics["runs"]] == [("adamw", 40)]
+    (live,) = metrics["unfinished"]
+    assert live["optimizer"] == "test-ctrl-c" and live["eval"]["step"] == [0, 10, 20]
+    report.write_partial_report(dict(metrics, signal="SIGINT"), tmp_path)
+    assert "| test-ctrl-c | 0.1 | 0 | 24/40 |" in (tmp_path / "summary.md").read_text()
